@@ -1,0 +1,109 @@
+// Shared helpers for the fastfields CPU (OpenMP) and CUDA kernels.
+//
+// Everything in csrc/include/fastfields/ must compile as plain C++17 (g++, for the CPU
+// extension and the torch-facing bindings) and under nvcc (for the .cu kernels), so it
+// includes no torch header. Per-element math is written once as FF_HD functions and used
+// by both the CPU loops and the CUDA kernels.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#define FF_HD __host__ __device__ __forceinline__
+#else
+#define FF_HD inline
+#endif
+
+namespace fastfields {
+
+// Accumulation type: float for float/half/bfloat16, double for double.
+template <typename T>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+template <typename T>
+using acc_t = typename AccType<T>::type;
+
+// Conversions between storage types and the accumulation type. The generic version
+// covers float, double, and (on the CPU side) c10::Half / c10::BFloat16, which convert
+// with static_cast. The CUDA half types get explicit intrinsics because torch compiles
+// CUDA sources with __CUDA_NO_HALF_CONVERSIONS__ / __CUDA_NO_BFLOAT16_CONVERSIONS__.
+template <typename T>
+struct Convert {
+  template <typename A>
+  static FF_HD A to(T v) {
+    return static_cast<A>(v);
+  }
+  template <typename A>
+  static FF_HD T from(A v) {
+    return static_cast<T>(v);
+  }
+};
+
+#ifdef __CUDACC__
+template <>
+struct Convert<__half> {
+  template <typename A>
+  static FF_HD A to(__half v) {
+    return static_cast<A>(__half2float(v));
+  }
+  template <typename A>
+  static FF_HD __half from(A v) {
+    return __float2half_rn(static_cast<float>(v));
+  }
+};
+template <>
+struct Convert<__nv_bfloat16> {
+  template <typename A>
+  static FF_HD A to(__nv_bfloat16 v) {
+    return static_cast<A>(__bfloat162float(v));
+  }
+  template <typename A>
+  static FF_HD __nv_bfloat16 from(A v) {
+    return __float2bfloat16_rn(static_cast<float>(v));
+  }
+};
+#endif
+
+// Load a storage value as the accumulation type A.
+template <typename A, typename T>
+FF_HD A ff_load(const T& v) {
+  return Convert<T>::template to<A>(v);
+}
+
+// Convert an accumulation value to storage type T.
+template <typename T, typename A>
+FF_HD T ff_store(A v) {
+  return Convert<T>::template from<A>(v);
+}
+
+template <typename A>
+FF_HD bool ff_isfinite(A x) {
+#ifdef __CUDA_ARCH__
+  return isfinite(x);
+#else
+  return std::isfinite(x);
+#endif
+}
+
+template <typename A>
+FF_HD A ff_floor(A x) {
+#ifdef __CUDA_ARCH__
+  return floor(x);
+#else
+  return std::floor(x);
+#endif
+}
+
+// Storage dtype codes used by the raw-pointer CUDA launchers.
+enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+}  // namespace fastfields

@@ -1,0 +1,24 @@
+"""fastfields: fused kernels for 3D neural fields.
+
+    >>> import fastfields as ff
+    >>> ff.backends()            # which backends work here, and why not
+    >>> ff.triplane_sample(planes, xyz, reduce="concat", axes=ff.LRM_AXES)
+"""
+
+__version__ = "0.1.0"
+
+from ._backend import BACKENDS, BackendUnavailable, backends
+from ._build import BuildError
+from .ops import EG3D_AXES, LRM_AXES, XYZ_AXES, planes_channels_last, triplane_sample
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailable",
+    "BuildError",
+    "EG3D_AXES",
+    "LRM_AXES",
+    "XYZ_AXES",
+    "backends",
+    "planes_channels_last",
+    "triplane_sample",
+]

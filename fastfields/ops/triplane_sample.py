@@ -1,0 +1,258 @@
+"""``triplane_sample``: bilinear lookup of three feature planes, fused with their reduction.
+
+The public function validates its arguments, picks a backend and calls the custom op
+``fastfields::triplane_sample``; autograd is registered on that op and calls
+``fastfields::triplane_sample_backward``. Every backend implements the same contract,
+the ``torch`` one being :func:`fastfields.reference.triplane_sample_reference`.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from .. import _backend, _build
+from .._checks import check_bool, check_choice, check_coords_dtype, check_dim, check_same_device, check_tensor
+from ..reference.triplane_sample import triplane_sample_reference
+
+OP = "triplane_sample"
+IMPLEMENTED = ("torch", "triton", "cuda", "cpu")
+
+Axes = Sequence[Tuple[int, int]]
+#: What EG3D's ``generate_planes``/``project_onto_planes`` compute: XY, XZ and ZX (its third
+#: plane repeats XZ transposed, a known bug its checkpoints depend on).
+EG3D_AXES: Axes = ((0, 1), (0, 2), (2, 0))
+#: OpenLRM and InstantMesh: XY, XZ, ZY.
+LRM_AXES: Axes = ((0, 1), (0, 2), (2, 1))
+#: TripoSR and SSDNeRF: XY, XZ, YZ.
+XYZ_AXES: Axes = ((0, 1), (0, 2), (1, 2))
+
+REDUCTIONS = ("none", "sum", "mean", "prod", "concat")
+REDUCE_CODES = {name: code for code, name in enumerate(REDUCTIONS)}
+PADDINGS = ("zeros", "border")
+PADDING_CODES = {name: code for code, name in enumerate(PADDINGS)}
+
+
+def planes_channels_last(planes: torch.Tensor) -> torch.Tensor:
+    """The same planes ``[..., C, H, W]`` stored with channels innermost (stride 1).
+
+    Shape and values are unchanged; a gather-bound lookup then reads each bilinear
+    corner as one contiguous vector of C values, the fast layout for every backend.
+    """
+    if planes.dim() < 3:
+        raise ValueError(f"planes_channels_last: planes must be [..., C, H, W], got shape {tuple(planes.shape)}")
+    lead = planes.dim() - 3
+    order = list(range(lead)) + [lead + 1, lead + 2, lead]
+    inverse = list(range(lead)) + [planes.dim() - 1, lead, lead + 1]
+    return planes.permute(order).contiguous().permute(inverse)
+
+
+def output_shape(planes: torch.Tensor, xyz: torch.Tensor, reduce: str) -> List[int]:
+    B, n_planes, C = planes.shape[:3]
+    N = xyz.shape[1]
+    return {"none": [B, N, n_planes, C], "concat": [B, N, n_planes * C]}.get(reduce, [B, N, C])
+
+
+def _flat_axes(axes) -> List[int]:
+    try:
+        pairs = [tuple(int(a) for a in pair) for pair in axes]
+    except TypeError:
+        pairs = []
+    if len(pairs) != 3 or any(len(p) != 2 or not all(0 <= a <= 2 for a in p) for p in pairs):
+        raise ValueError(f"{OP}: axes must be three (u, v) pairs of xyz components in 0..2, e.g. EG3D_AXES, got {axes!r}")
+    return [a for pair in pairs for a in pair]
+
+
+def _check(planes, xyz, reduce, align_corners, padding) -> None:
+    check_tensor(OP, "planes", planes, 5, "[B, 3, C, H, W]")
+    check_tensor(OP, "xyz", xyz, 3, "[B, N, 3]")
+    check_dim(OP, "planes", planes, 1, 3, "[B, 3, C, H, W]")
+    check_dim(OP, "xyz", xyz, 2, 3, "[B, N, 3]")
+    if xyz.shape[0] != planes.shape[0]:
+        raise ValueError(f"{OP}: xyz batch size {xyz.shape[0]} does not match planes batch size {planes.shape[0]}")
+    if min(planes.shape[2:]) < 1:
+        raise ValueError(f"{OP}: planes must have C, H and W >= 1, got shape {tuple(planes.shape)}")
+    check_same_device(OP, [("planes", planes), ("xyz", xyz)])
+    check_coords_dtype(OP, "xyz", xyz, "planes", planes)
+    check_choice(OP, "reduce", reduce, REDUCTIONS)
+    check_choice(OP, "padding", padding, PADDINGS)
+    check_bool(OP, "align_corners", align_corners)
+
+
+# ---------------------------------------------------------------------------------------
+# Compiled backends (forward and backward), selected by name. The torch backend is the
+# reference itself, called directly so autograd, double backward and torch.compile see
+# plain PyTorch.
+
+
+def _pairs(axes: List[int]):
+    return tuple((axes[2 * k], axes[2 * k + 1]) for k in range(3))
+
+
+def _reference_backward(grad_out, planes, xyz, axes, reduce, align_corners, padding, need_planes, need_xyz, create_graph=False):
+    with torch.enable_grad():
+        inputs = [t if create_graph else t.detach().requires_grad_(True) for t in (planes, xyz)]
+        wanted = [t for t, need in zip(inputs, (need_planes, need_xyz)) if need]
+        out = triplane_sample_reference(
+            inputs[0], inputs[1], reduce=reduce, align_corners=align_corners, padding=padding, axes=_pairs(axes)
+        )
+        grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=create_graph, allow_unused=True))
+    result = [next(grads) if need else None for need in (need_planes, need_xyz)]
+    return [g if g is not None or not need else torch.zeros_like(t) for g, t, need in zip(result, (planes, xyz), (need_planes, need_xyz))]
+
+
+def _forward(backend: str, planes, xyz, axes, reduce, align_corners, padding) -> torch.Tensor:
+    if backend == "triton":
+        from ..kernels.triplane_sample import triplane_sample_fwd
+
+        return triplane_sample_fwd(planes, xyz, axes, reduce, align_corners, padding)
+    _build.load_extension(backend)
+    namespace = getattr(torch.ops, f"fastfields_{backend}")
+    return namespace.triplane_sample_fwd(planes, xyz, axes, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding])
+
+
+def _backward(backend: str, grad_out, planes, xyz, axes, reduce, align_corners, padding, need_planes, need_xyz):
+    if backend == "triton":
+        from ..kernels.triplane_sample import triplane_sample_bwd
+
+        return triplane_sample_bwd(grad_out, planes, xyz, axes, reduce, align_corners, padding, need_planes, need_xyz)
+    _build.load_extension(backend)
+    namespace = getattr(torch.ops, f"fastfields_{backend}")
+    grads = namespace.triplane_sample_bwd(
+        grad_out, planes, xyz, axes, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding], need_planes, need_xyz
+    )
+    return [g if need else None for g, need in zip(grads, (need_planes, need_xyz))]
+
+
+# ---------------------------------------------------------------------------------------
+# The custom ops. Gradients come back in the layout of their input (empty_like), so the
+# fake implementations can promise strides; unrequested gradients are empty tensors.
+
+
+def _like(grad: Optional[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(target)
+    if grad is None:
+        return out.zero_()
+    if grad.stride() == out.stride() and grad.dtype == out.dtype:
+        return grad
+    return out.copy_(grad)
+
+
+@torch.library.custom_op("fastfields::triplane_sample", mutates_args=())
+def _triplane_sample_op(
+    planes: torch.Tensor, xyz: torch.Tensor, axes: List[int], reduce: str, align_corners: bool, padding: str, backend: str
+) -> torch.Tensor:
+    if xyz.shape[1] == 0:
+        return planes.new_zeros(output_shape(planes, xyz, reduce))
+    return _forward(backend, planes, xyz, axes, reduce, align_corners, padding).contiguous()
+
+
+@_triplane_sample_op.register_fake
+def _(planes, xyz, axes, reduce, align_corners, padding, backend):
+    return planes.new_empty(output_shape(planes, xyz, reduce))
+
+
+@torch.library.custom_op("fastfields::triplane_sample_backward", mutates_args=())
+def _triplane_sample_backward_op(
+    grad_out: torch.Tensor,
+    planes: torch.Tensor,
+    xyz: torch.Tensor,
+    axes: List[int],
+    reduce: str,
+    align_corners: bool,
+    padding: str,
+    backend: str,
+    need_planes: bool,
+    need_xyz: bool,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    if xyz.shape[1] == 0:
+        grad_planes, grad_xyz = None, None
+    else:
+        grad_planes, grad_xyz = _backward(
+            backend, grad_out, planes, xyz, axes, reduce, align_corners, padding, need_planes, need_xyz
+        )
+    return (
+        _like(grad_planes, planes) if need_planes else planes.new_empty(0),
+        _like(grad_xyz, xyz) if need_xyz else xyz.new_empty(0),
+    )
+
+
+@_triplane_sample_backward_op.register_fake
+def _(grad_out, planes, xyz, axes, reduce, align_corners, padding, backend, need_planes, need_xyz):
+    return (
+        torch.empty_like(planes) if need_planes else planes.new_empty(0),
+        torch.empty_like(xyz) if need_xyz else xyz.new_empty(0),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    planes, xyz, axes, reduce, align_corners, padding, backend = inputs
+    ctx.save_for_backward(planes, xyz)
+    ctx.config = (axes, reduce, align_corners, padding, backend)
+
+
+def _autograd_backward(ctx, grad_out):
+    planes, xyz = ctx.saved_tensors
+    axes, reduce, align_corners, padding, backend = ctx.config
+    need_planes, need_xyz = ctx.needs_input_grad[:2]
+    if torch.is_grad_enabled():
+        # create_graph=True (eikonal, R1): a differentiable backward through the reference.
+        grad_planes, grad_xyz = _reference_backward(
+            grad_out, planes, xyz, axes, reduce, align_corners, padding, need_planes, need_xyz, create_graph=True
+        )
+    else:
+        grad_planes, grad_xyz = torch.ops.fastfields.triplane_sample_backward(
+            grad_out, planes, xyz, axes, reduce, align_corners, padding, backend, need_planes, need_xyz
+        )
+    return (grad_planes if need_planes else None, grad_xyz if need_xyz else None) + (None,) * 5
+
+
+_triplane_sample_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def triplane_sample(
+    planes: torch.Tensor,
+    xyz: torch.Tensor,
+    *,
+    reduce: str = "mean",
+    align_corners: bool = False,
+    padding: str = "zeros",
+    axes: Axes = EG3D_AXES,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Bilinearly sample three feature planes at 3D points and reduce over the planes.
+
+    Args:
+        planes: ``[B, 3, C, H, W]`` float32/float16/bfloat16/float64, any strides;
+            channels-last storage (:func:`planes_channels_last`) is the fast layout.
+        xyz: ``[B, N, 3]`` points in normalised plane coordinates (``[-1, 1]`` spans each
+            plane; callers scale world points by ``2 / box_warp``). Same dtype as
+            ``planes`` or float32.
+        reduce: ``"none"`` -> ``[B, N, 3, C]``; ``"sum"``, ``"mean"``, ``"prod"`` ->
+            ``[B, N, C]``; ``"concat"`` -> ``[B, N, 3C]`` (plane-major, ``[f_0, f_1, f_2]``).
+        align_corners, padding: as in ``F.grid_sample`` (padding ``"zeros"`` or ``"border"``).
+        axes: for each plane, the xyz components read as (u along W, v along H).
+            ``EG3D_AXES`` (default), ``LRM_AXES``, ``XYZ_AXES`` or any three pairs.
+        backend: ``"auto"``, ``"torch"``, ``"triton"``, ``"cuda"`` or ``"cpu"``.
+
+    Returns:
+        Features in the planes' dtype (accumulated in float32). Points with a non-finite
+        coordinate read zeros and get zero gradient. Differentiable w.r.t. ``planes`` and
+        ``xyz``, twice w.r.t. ``xyz`` (``create_graph=True`` takes a slower reference path).
+
+    Example:
+        >>> import torch, fastfields as ff
+        >>> planes = torch.randn(1, 3, 32, 64, 64)
+        >>> xyz = torch.rand(1, 1000, 3) * 2 - 1
+        >>> ff.triplane_sample(planes, xyz, reduce="concat", axes=ff.LRM_AXES).shape
+        torch.Size([1, 1000, 96])
+    """
+    _check(planes, xyz, reduce, align_corners, padding)
+    flat_axes = _flat_axes(axes)
+    name = _backend.resolve(OP, backend, planes.device, IMPLEMENTED)
+    if name == "torch":
+        return triplane_sample_reference(
+            planes, xyz, reduce=reduce, align_corners=align_corners, padding=padding, axes=_pairs(flat_axes)
+        )
+    return torch.ops.fastfields.triplane_sample(planes, xyz, flat_axes, reduce, align_corners, padding, name)

@@ -1,0 +1,1 @@
+"""Triton kernels (imported lazily: importing fastfields never imports triton)."""

@@ -1,0 +1,1 @@
+"""The five methods (LRM, EG3D, SSDNeRF, ZeroRF, DiffRF), built on fastfields ops. Empty for now."""
