@@ -107,13 +107,12 @@ def _load_ahead_of_time(kind: str) -> bool:
     return True
 
 
-def _jit_build(kind: str) -> None:
+def compile_and_load(name: str, source_files: List[Path], directory: Path, flags: Dict[str, List[str]]) -> None:
+    """JIT-build ``source_files`` into ``directory`` (once; later calls just load) and load the library."""
     from filelock import FileLock  # a torch dependency; the OS drops the lock if its holder dies
     from torch.utils.cpp_extension import load
 
-    directory = build_dir(kind)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    name = f"fastfields_{kind}"
     library = directory / f"{name}.so"
     stamp = directory / "BUILD_OK"
     log = directory.parent / f"{directory.name}.log"
@@ -125,30 +124,24 @@ def _jit_build(kind: str) -> None:
         # That includes torch's own "lock" baton, which would otherwise make the build wait forever.
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
-        verbose = os.environ.get("FASTFIELDS_VERBOSE_BUILD", "0") == "1"
-        print(
-            f"fastfields: building the {kind} extension (first use; about a minute) in {directory}",
-            file=sys.stderr,
-            flush=True,
-        )
-        flags = _flags(kind)
+        print(f"fastfields: building {name} (first use; about a minute) in {directory}", file=sys.stderr, flush=True)
         try:
             load(
                 name=name,
-                sources=[str(p) for p in sources(kind)],
+                sources=[str(p) for p in source_files],
                 extra_include_paths=[str(csrc_dir() / "include")],
                 extra_cflags=flags["cflags"],
                 extra_cuda_cflags=flags["cuda_cflags"] or None,
                 extra_ldflags=flags["ldflags"],
                 build_directory=str(directory),
                 is_python_module=False,
-                verbose=verbose,
+                verbose=os.environ.get("FASTFIELDS_VERBOSE_BUILD", "0") == "1",
             )
         except Exception as error:  # compiler errors arrive as RuntimeError/CalledProcessError
             output = getattr(error, "output", None)
             text = output.decode(errors="replace") if isinstance(output, bytes) else str(output or "")
             log.write_text(f"{error}\n{text}")
-            raise BuildError(f"building the fastfields {kind} extension failed: {str(error)[:300]}", log) from error
+            raise BuildError(f"building {name} failed: {str(error)[:300]}", log) from error
         stamp.write_text(torch.__version__)
         log.unlink(missing_ok=True)
 
@@ -169,7 +162,7 @@ def load_extension(kind: str) -> None:
             if reason is not None:
                 raise BuildError(f"the fastfields {kind} extension cannot be built here: {reason}")
             if not _load_ahead_of_time(kind):
-                _jit_build(kind)
+                compile_and_load(f"fastfields_{kind}", sources(kind), build_dir(kind), _flags(kind))
         except BuildError as error:
             _failures[kind] = error
             raise
