@@ -22,7 +22,6 @@ import triton
 import triton.language as tl
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_REDUCES = ("none", "sum", "mean", "prod", "concat")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -83,7 +82,7 @@ def _bilinear_setup(u, v, W, H, ALIGN_CORNERS: tl.constexpr, BORDER: tl.constexp
 def _load_corners(plane_ptr, x0, y0, x0_in, x1_in, y0_in, y1_in, point_ok, offs_c, c_mask,
                   stride_c, stride_h, stride_w, ACC_DTYPE: tl.constexpr):
     """The four corner tiles [BLOCK_N, BLOCK_C]; out-of-range corners read zeros."""
-    top = plane_ptr + (y0 * stride_h + x0 * stride_w)[:, None] + offs_c[None, :] * stride_c
+    top = plane_ptr + (y0 * stride_h + x0 * stride_w)[:, None] + offs_c.to(tl.int64)[None, :] * stride_c
     c_ok = c_mask[None, :]
     v00 = tl.load(top, mask=(point_ok & y0_in & x0_in)[:, None] & c_ok, other=0.0).to(ACC_DTYPE)
     v01 = tl.load(top + stride_w, mask=(point_ok & y0_in & x1_in)[:, None] & c_ok, other=0.0).to(ACC_DTYPE)
@@ -127,7 +126,7 @@ def _load_points(xyz_ptr, b, offs_n, n_mask, stride_xb, stride_xn, stride_xd, AC
 def _fwd_configs():
     if _INTERPRET:
         return [triton.Config({"BLOCK_N": 16}, num_warps=4)]
-    return [triton.Config({"BLOCK_N": bn}, num_warps=w) for bn in (16, 32, 64, 128) for w in (4, 8)]
+    return [triton.Config({"BLOCK_N": bn}, num_warps=w) for bn in (16, 32, 64, 128, 256) for w in (4, 8)]
 
 
 def _prune_fwd_configs(configs, named_args, **kwargs):
@@ -161,12 +160,15 @@ def _triplane_fwd_kernel(
     c_mask = offs_c < C
 
     x, y, z, ok = _load_points(xyz_ptr, b, offs_n, n_mask, stride_xb, stride_xn, stride_xd, ACC_DTYPE)
+    # Chained adds, not 2 * stride: a plane stride near 2^31 must not overflow int32.
     plane0 = planes_ptr + b * stride_pb
+    plane1 = plane0 + stride_pk
+    plane2 = plane1 + stride_pk
     f0 = _sample_plane(plane0, _pick_axis(x, y, z, AXIS_U0), _pick_axis(x, y, z, AXIS_V0), ok, offs_c,
                        c_mask, W, H, stride_pc, stride_ph, stride_pw, ALIGN_CORNERS, BORDER, ACC_DTYPE)
-    f1 = _sample_plane(plane0 + stride_pk, _pick_axis(x, y, z, AXIS_U1), _pick_axis(x, y, z, AXIS_V1), ok,
+    f1 = _sample_plane(plane1, _pick_axis(x, y, z, AXIS_U1), _pick_axis(x, y, z, AXIS_V1), ok,
                        offs_c, c_mask, W, H, stride_pc, stride_ph, stride_pw, ALIGN_CORNERS, BORDER, ACC_DTYPE)
-    f2 = _sample_plane(plane0 + 2 * stride_pk, _pick_axis(x, y, z, AXIS_U2), _pick_axis(x, y, z, AXIS_V2), ok,
+    f2 = _sample_plane(plane2, _pick_axis(x, y, z, AXIS_U2), _pick_axis(x, y, z, AXIS_V2), ok,
                        offs_c, c_mask, W, H, stride_pc, stride_ph, stride_pw, ALIGN_CORNERS, BORDER, ACC_DTYPE)
 
     out = out_ptr + b * stride_ob + (offs_n.to(tl.int64) * stride_on)[:, None] + offs_c[None, :] * stride_oc
@@ -201,7 +203,8 @@ def _plane_backward(plane_ptr, grad_plane_ptr, g, u, v, point_ok, offs_c, c_mask
     if NEED_PLANES:
         # Neighbouring points share corners, hence atomics into the channels-last buffer.
         c_ok = c_mask[None, :]
-        top = grad_plane_ptr + (y0 * stride_gh + x0 * stride_gw)[:, None] + offs_c[None, :] * stride_gc
+        offs_c64 = offs_c.to(tl.int64)
+        top = grad_plane_ptr + (y0 * stride_gh + x0 * stride_gw)[:, None] + offs_c64[None, :] * stride_gc
         tl.atomic_add(top, g * (wx0 * wy0)[:, None], mask=(point_ok & y0_in & x0_in)[:, None] & c_ok)
         tl.atomic_add(top + stride_gw, g * (wx1 * wy0)[:, None], mask=(point_ok & y0_in & x1_in)[:, None] & c_ok)
         tl.atomic_add(top + stride_gh, g * (wx0 * wy1)[:, None], mask=(point_ok & y1_in & x0_in)[:, None] & c_ok)
@@ -276,8 +279,13 @@ def _triplane_bwd_kernel(
     v1 = _pick_axis(x, y, z, AXIS_V1)
     u2 = _pick_axis(x, y, z, AXIS_U2)
     v2 = _pick_axis(x, y, z, AXIS_V2)
+    # Chained adds, not 2 * stride: a plane stride near 2^31 must not overflow int32.
     plane0 = planes_ptr + b * stride_pb
+    plane1 = plane0 + stride_pk
+    plane2 = plane1 + stride_pk
     grad_plane0 = grad_planes_ptr + b * stride_gpb
+    grad_plane1 = grad_plane0 + stride_gpk
+    grad_plane2 = grad_plane1 + stride_gpk
 
     # Upstream gradient of each plane's feature tile.
     g_ptr = grad_out_ptr + b * stride_ob + (offs_n.to(tl.int64) * stride_on)[:, None] + offs_c[None, :] * stride_oc
@@ -297,9 +305,9 @@ def _triplane_bwd_kernel(
         g = tl.load(g_ptr, mask=mask, other=0.0).to(ACC_DTYPE)
         f0 = _sample_plane(plane0, u0, v0, ok, offs_c, c_mask, W, H, stride_pc, stride_ph, stride_pw,
                            ALIGN_CORNERS, BORDER, ACC_DTYPE)
-        f1 = _sample_plane(plane0 + stride_pk, u1, v1, ok, offs_c, c_mask, W, H, stride_pc, stride_ph,
+        f1 = _sample_plane(plane1, u1, v1, ok, offs_c, c_mask, W, H, stride_pc, stride_ph,
                            stride_pw, ALIGN_CORNERS, BORDER, ACC_DTYPE)
-        f2 = _sample_plane(plane0 + 2 * stride_pk, u2, v2, ok, offs_c, c_mask, W, H, stride_pc, stride_ph,
+        f2 = _sample_plane(plane2, u2, v2, ok, offs_c, c_mask, W, H, stride_pc, stride_ph,
                            stride_pw, ALIGN_CORNERS, BORDER, ACC_DTYPE)
         g0 = g * f1 * f2
         g1 = g * f0 * f2
@@ -308,10 +316,10 @@ def _triplane_bwd_kernel(
     du0, dv0 = _plane_backward(plane0, grad_plane0, g0, u0, v0, ok, offs_c, c_mask, W, H,
                                stride_pc, stride_ph, stride_pw, stride_gpc, stride_gph, stride_gpw,
                                ALIGN_CORNERS, BORDER, ACC_DTYPE, NEED_PLANES, NEED_XYZ)
-    du1, dv1 = _plane_backward(plane0 + stride_pk, grad_plane0 + stride_gpk, g1, u1, v1, ok, offs_c, c_mask,
+    du1, dv1 = _plane_backward(plane1, grad_plane1, g1, u1, v1, ok, offs_c, c_mask,
                                W, H, stride_pc, stride_ph, stride_pw, stride_gpc, stride_gph, stride_gpw,
                                ALIGN_CORNERS, BORDER, ACC_DTYPE, NEED_PLANES, NEED_XYZ)
-    du2, dv2 = _plane_backward(plane0 + 2 * stride_pk, grad_plane0 + 2 * stride_gpk, g2, u2, v2, ok, offs_c,
+    du2, dv2 = _plane_backward(plane2, grad_plane2, g2, u2, v2, ok, offs_c,
                                c_mask, W, H, stride_pc, stride_ph, stride_pw, stride_gpc, stride_gph, stride_gpw,
                                ALIGN_CORNERS, BORDER, ACC_DTYPE, NEED_PLANES, NEED_XYZ)
 
@@ -345,7 +353,7 @@ def _axes_kwargs(axes: Sequence[int]) -> dict:
     return dict(zip(names, axes))
 
 
-def _out_shape_and_plane_strides(out: torch.Tensor, reduce: str, C: int) -> Tuple[int, int, int, int]:
+def _feature_strides(out: torch.Tensor, reduce: str, C: int) -> Tuple[int, int, int, int]:
     """(stride_b, stride_n, stride_plane, stride_c) of an output / grad_out of any layout."""
     if reduce == "none":
         return out.stride(0), out.stride(1), out.stride(2), out.stride(3)
@@ -375,7 +383,7 @@ def triplane_sample_fwd(planes, xyz, axes, reduce: str, align_corners: bool, pad
         N, C, H, W,
         *planes.stride(),
         *xyz.stride(),
-        *_out_shape_and_plane_strides(out, reduce, C),
+        *_feature_strides(out, reduce, C),
         **_axes_kwargs(axes),
         REDUCE=reduce, ALIGN_CORNERS=bool(align_corners), BORDER=(padding == "border"), ACC_DTYPE=acc_tl,
         BLOCK_C=block_c,
@@ -402,7 +410,7 @@ def triplane_sample_bwd(grad_out, planes, xyz, axes, reduce: str, align_corners:
         _triplane_bwd_kernel[grid](
             grad_out, planes, xyz, gp, gx,
             N, C, H, W,
-            *_out_shape_and_plane_strides(grad_out, reduce, C),
+            *_feature_strides(grad_out, reduce, C),
             *planes.stride(),
             *xyz.stride(),
             *gp.stride(),

@@ -102,6 +102,80 @@ inline void store_row(T* __restrict__ out, const A* __restrict__ src, int64_t n,
 }
 
 // ---------------------------------------------------------------------------------------
+// Per-point taps with software prefetch. Points are processed in order; the taps of point
+// i + kLookahead are computed (and their plane rows prefetched) while point i is processed,
+// so the random plane reads of several points are in flight at once.
+// ---------------------------------------------------------------------------------------
+
+constexpr int kLookahead = 4;
+
+template <typename A>
+struct PointTaps {
+  PlaneTaps<A> t[3];
+  int64_t b, n;
+  bool ok;
+};
+
+template <typename A>
+inline void prepare_point(const TriplaneSampleParams& p, const A* xyz, int64_t idx, PointTaps<A>& q) {
+  q.b = idx / p.N;
+  q.n = idx - q.b * p.N;
+  A pt[3];
+  q.ok = triplane_load_point<A>(xyz, p, q.b, q.n, pt);
+  if (!q.ok) return;
+  for (int k = 0; k < 3; ++k) {
+    q.t[k] = triplane_plane_taps<A>(pt[p.axes[2 * k]], pt[p.axes[2 * k + 1]], p);
+  }
+}
+
+inline void prefetch_bytes(const void* ptr, int64_t bytes) {
+  const char* c = static_cast<const char*>(ptr);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
+  __builtin_prefetch(c + bytes - 1);
+}
+
+// Prefetch the plane data a point's taps will read (channels-last: one contiguous row of
+// C values per corner; otherwise one element per channel of the x0 corners, which usually
+// share a cache line with x1).
+template <bool CL, typename T, typename A>
+inline void prefetch_planes(const TriplaneSampleParams& p, const T* planes, const PointTaps<A>& q) {
+  if (!q.ok) return;
+  const T* base_b = planes + q.b * p.planes_strides[0];
+  const int64_t sP = p.planes_strides[1], sC = p.planes_strides[2];
+  for (int k = 0; k < 3; ++k) {
+    const PlaneTaps<A>& t = q.t[k];
+    const T* base = base_b + k * sP;
+    for (int c = 0; c < 4; ++c) {
+      if (!(t.mask & (1u << c))) continue;
+      if (CL) {
+        prefetch_bytes(base + t.off[c], p.C * int64_t(sizeof(T)));
+      } else if (!(c & 1) || !(t.mask & (1u << (c - 1)))) {
+        for (int64_t ch = 0; ch < p.C; ++ch) __builtin_prefetch(base + t.off[c] + ch * sC);
+      }
+    }
+  }
+}
+
+// Prefetch (for writing) the rows of the channels-last gradient buffer a point updates.
+template <typename A>
+inline void prefetch_grad_rows(const TriplaneSampleParams& p, const A* gp, const PointTaps<A>& q) {
+  if (!q.ok || gp == nullptr) return;
+  const int64_t C = p.C, H = p.H, W = p.W;
+  for (int k = 0; k < 3; ++k) {
+    const PlaneTaps<A>& t = q.t[k];
+    const A* plane_buf = gp + (q.b * 3 + k) * H * W * C;
+    for (int c = 0; c < 4; c += 2) {  // (y, x0) and (y, x1) rows are adjacent
+      const unsigned m = (t.mask >> c) & 3u;
+      if (!m) continue;
+      const int64_t y = t.y0 + triplane_corner_dy(c);
+      const int64_t x = (m & 1u) ? t.x0 : t.x0 + 1;
+      const int64_t cnt = (m == 3u) ? 2 * C : C;
+      prefetch_bytes(plane_buf + (y * W + x) * C, cnt * int64_t(sizeof(A)));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------------------
 
@@ -113,31 +187,35 @@ void fwd_points(const TriplaneSampleParams& p, const T* planes, const A* xyz, T*
   const int64_t sB = p.planes_strides[0], sP = p.planes_strides[1], sC = p.planes_strides[2];
   std::vector<A> buf(static_cast<size_t>(3 * C) + 1);
   A* f = buf.data();
+  PointTaps<A> ring[kLookahead];
+  for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) {
+    prepare_point<A>(p, xyz, i, ring[(i - begin) % kLookahead]);
+    prefetch_planes<CL>(p, planes, ring[(i - begin) % kLookahead]);
+  }
   for (int64_t idx = begin; idx < end; ++idx) {
-    const int64_t b = idx / p.N;
-    const int64_t n = idx - b * p.N;
+    PointTaps<A>& slot = ring[(idx - begin) % kLookahead];
+    const PointTaps<A> q = slot;
+    if (idx + kLookahead < end) {
+      prepare_point<A>(p, xyz, idx + kLookahead, slot);
+      prefetch_planes<CL>(p, planes, slot);
+    }
     T* __restrict__ o = out + idx * OC;
-    A pt[3];
-    if (!triplane_load_point<A>(xyz, p, b, n, pt)) {
+    if (!q.ok) {
       for (int64_t c = 0; c < OC; ++c) o[c] = ff_store<T>(A(0));
       continue;
     }
-    const T* base_b = planes + b * sB;
-    PlaneTaps<A> taps[3];
-    for (int k = 0; k < 3; ++k) {
-      taps[k] = triplane_plane_taps<A>(pt[p.axes[2 * k]], pt[p.axes[2 * k + 1]], p);
-    }
+    const T* base_b = planes + q.b * sB;
     switch (p.reduce) {
       case kReduceSum:
       case kReduceMean: {
-        sample_plane<CL>(f, base_b, taps[0], C, sC);
-        sample_plane_add<CL>(f, base_b + sP, taps[1], C, sC);
-        sample_plane_add<CL>(f, base_b + 2 * sP, taps[2], C, sC);
+        sample_plane<CL>(f, base_b, q.t[0], C, sC);
+        sample_plane_add<CL>(f, base_b + sP, q.t[1], C, sC);
+        sample_plane_add<CL>(f, base_b + 2 * sP, q.t[2], C, sC);
         store_row<T, A>(o, f, C, p.reduce == kReduceMean ? A(1.0 / 3.0) : A(1));
         break;
       }
       case kReduceProd: {
-        for (int k = 0; k < 3; ++k) sample_plane<CL>(f + k * C, base_b + k * sP, taps[k], C, sC);
+        for (int k = 0; k < 3; ++k) sample_plane<CL>(f + k * C, base_b + k * sP, q.t[k], C, sC);
         const A* __restrict__ f0 = f;
         const A* __restrict__ f1 = f + C;
         const A* __restrict__ f2 = f + 2 * C;
@@ -145,7 +223,7 @@ void fwd_points(const TriplaneSampleParams& p, const T* planes, const A* xyz, T*
         break;
       }
       default: {  // none / concat: [3, C] row, plane-major
-        for (int k = 0; k < 3; ++k) sample_plane<CL>(f + k * C, base_b + k * sP, taps[k], C, sC);
+        for (int k = 0; k < 3; ++k) sample_plane<CL>(f + k * C, base_b + k * sP, q.t[k], C, sC);
         store_row<T, A>(o, f, 3 * C, A(1));
         break;
       }
@@ -167,22 +245,29 @@ void bwd_points(const TriplaneSampleParams& p, const T* grad_out, const T* plane
   const int64_t gB = p.grad_out_strides[0], gN = p.grad_out_strides[1];
   const int64_t gP = p.grad_out_strides[2], gC = p.grad_out_strides[3];
   const bool reduced = !(p.reduce == kReduceNone || p.reduce == kReduceConcat);
+  const bool need_plane_values = gxyz != nullptr || p.reduce == kReduceProd;
   std::vector<A> buf(static_cast<size_t>(6 * C) + 1);
   A* g = buf.data();      // [3, C] gradient reaching each plane's features
   A* f = g + 3 * C;       // [3, C] features (prod only)
+  PointTaps<A> ring[kLookahead];
+  auto prepare = [&](int64_t i, PointTaps<A>& q) {
+    prepare_point<A>(p, xyz, i, q);
+    if (need_plane_values) prefetch_planes<CL>(p, planes, q);
+    prefetch_grad_rows<A>(p, gp, q);
+  };
+  for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) {
+    prepare(i, ring[(i - begin) % kLookahead]);
+  }
   for (int64_t idx = begin; idx < end; ++idx) {
-    const int64_t b = idx / p.N;
-    const int64_t n = idx - b * p.N;
-    A pt[3];
-    if (!triplane_load_point<A>(xyz, p, b, n, pt)) {
+    PointTaps<A>& slot = ring[(idx - begin) % kLookahead];
+    const PointTaps<A> q = slot;
+    if (idx + kLookahead < end) prepare(idx + kLookahead, slot);
+    const int64_t b = q.b, n = q.n;
+    if (!q.ok) {
       if (gxyz) gxyz[idx * 3] = gxyz[idx * 3 + 1] = gxyz[idx * 3 + 2] = A(0);
       continue;
     }
     const T* base_b = planes + b * sB;
-    PlaneTaps<A> taps[3];
-    for (int k = 0; k < 3; ++k) {
-      taps[k] = triplane_plane_taps<A>(pt[p.axes[2 * k]], pt[p.axes[2 * k + 1]], p);
-    }
     // Upstream gradient per plane.
     const T* go = grad_out + b * gB + n * gN;
     if (!reduced) {
@@ -200,7 +285,7 @@ void bwd_points(const TriplaneSampleParams& p, const T* grad_out, const T* plane
       const A scale = p.reduce == kReduceMean ? A(1.0 / 3.0) : A(1);
       for (int64_t c = 0; c < C; ++c) g0[c] = ff_load<A>(go[c * gC]) * scale;
       if (p.reduce == kReduceProd) {
-        for (int k = 0; k < 3; ++k) sample_plane<CL>(f + k * C, base_b + k * sP, taps[k], C, sC);
+        for (int k = 0; k < 3; ++k) sample_plane<CL>(f + k * C, base_b + k * sP, q.t[k], C, sC);
         A* __restrict__ g1 = g + C;
         A* __restrict__ g2 = g + 2 * C;
         const A* __restrict__ f0 = f;
@@ -219,27 +304,27 @@ void bwd_points(const TriplaneSampleParams& p, const T* grad_out, const T* plane
     }
     A dxyz[3] = {A(0), A(0), A(0)};
     for (int k = 0; k < 3; ++k) {
-      const PlaneTaps<A>& t = taps[k];
+      const PlaneTaps<A>& t = q.t[k];
       if (t.mask == 0u) continue;
       const A* __restrict__ gk = g + k * C;
       if (gp) {
         A* plane_buf = gp + (b * 3 + k) * H * W * C;
-        for (int q = 0; q < 4; ++q) {
-          if (!(t.mask & (1u << q))) continue;
+        for (int c4 = 0; c4 < 4; ++c4) {
+          if (!(t.mask & (1u << c4))) continue;
           A* __restrict__ dst =
-              plane_buf + ((t.y0 + triplane_corner_dy(q)) * W + (t.x0 + triplane_corner_dx(q))) * C;
-          const A w = t.w[q];
+              plane_buf + ((t.y0 + triplane_corner_dy(c4)) * W + (t.x0 + triplane_corner_dx(c4))) * C;
+          const A w = t.w[c4];
           for (int64_t c = 0; c < C; ++c) dst[c] += w * gk[c];
         }
       }
       if (gxyz) {
         const T* base = base_b + k * sP;
         A du = A(0), dv = A(0);
-        for (int q = 0; q < 4; ++q) {
-          if (!(t.mask & (1u << q))) continue;
-          const A s = dot_channels<CL>(gk, base + t.off[q], C, sC);
-          du += t.dwu[q] * s;
-          dv += t.dwv[q] * s;
+        for (int c4 = 0; c4 < 4; ++c4) {
+          if (!(t.mask & (1u << c4))) continue;
+          const A s = dot_channels<CL>(gk, base + t.off[c4], C, sC);
+          du += t.dwu[c4] * s;
+          dv += t.dwv[c4] * s;
         }
         dxyz[p.axes[2 * k]] += du;
         dxyz[p.axes[2 * k + 1]] += dv;
