@@ -62,6 +62,7 @@ setup(
         "fastfields",
         "fastfields.ops",
         "fastfields.reference",
+        "fastfields.bench",
         "fastfields.kernels",
         "fastfields.models",
         "fastfields.csrc",

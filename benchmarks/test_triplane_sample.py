@@ -19,7 +19,7 @@ def test_triplane_sample(benchmark, case, backend, backward):
         inputs = case.layouts["channels-last"](inputs)
         inputs = {k: v.detach().requires_grad_(backward and k in case.grad_inputs) for k, v in inputs.items()}
     call = (lambda: case.baseline(inputs)) if backend == "eager" else (lambda: case.fused(inputs, backend))
-    fn = bench._pass_fn(call, inputs, case, backward)
+    fn = bench.pass_fn(call, inputs, case, backward)
     benchmark.group = f"triplane_sample {case.name} {'fwd+bwd' if backward else 'fwd'}"
 
     def timed():

@@ -12,9 +12,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .. import _backend, _build
+from .. import _backend
 from .._checks import check_bool, check_choice, check_coords_dtype, check_dim, check_same_device, check_tensor
 from ..reference.triplane_sample import triplane_sample_reference
+from ._common import compiled_ops, grad_like
 
 OP = "triplane_sample"
 IMPLEMENTED = ("torch", "triton", "cuda", "cpu")
@@ -107,9 +108,7 @@ def _forward(backend: str, planes, xyz, axes, reduce, align_corners, padding) ->
         from ..kernels.triplane_sample import triplane_sample_fwd
 
         return triplane_sample_fwd(planes, xyz, axes, reduce, align_corners, padding)
-    _build.load_extension(backend)
-    namespace = getattr(torch.ops, f"fastfields_{backend}")
-    return namespace.triplane_sample_fwd(planes, xyz, axes, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding])
+    return compiled_ops(backend).triplane_sample_fwd(planes, xyz, axes, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding])
 
 
 def _backward(backend: str, grad_out, planes, xyz, axes, reduce, align_corners, padding, need_planes, need_xyz):
@@ -117,9 +116,7 @@ def _backward(backend: str, grad_out, planes, xyz, axes, reduce, align_corners, 
         from ..kernels.triplane_sample import triplane_sample_bwd
 
         return triplane_sample_bwd(grad_out, planes, xyz, axes, reduce, align_corners, padding, need_planes, need_xyz)
-    _build.load_extension(backend)
-    namespace = getattr(torch.ops, f"fastfields_{backend}")
-    grads = namespace.triplane_sample_bwd(
+    grads = compiled_ops(backend).triplane_sample_bwd(
         grad_out, planes, xyz, axes, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding], need_planes, need_xyz
     )
     return [g if need else None for g, need in zip(grads, (need_planes, need_xyz))]
@@ -128,15 +125,6 @@ def _backward(backend: str, grad_out, planes, xyz, axes, reduce, align_corners, 
 # ---------------------------------------------------------------------------------------
 # The custom ops. Gradients come back in the layout of their input (empty_like), so the
 # fake implementations can promise strides; unrequested gradients are empty tensors.
-
-
-def _like(grad: Optional[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-    out = torch.empty_like(target)
-    if grad is None:
-        return out.zero_()
-    if grad.stride() == out.stride() and grad.dtype == out.dtype:
-        return grad
-    return out.copy_(grad)
 
 
 @torch.library.custom_op("fastfields::triplane_sample", mutates_args=())
@@ -173,8 +161,8 @@ def _triplane_sample_backward_op(
             backend, grad_out, planes, xyz, axes, reduce, align_corners, padding, need_planes, need_xyz
         )
     return (
-        _like(grad_planes, planes) if need_planes else planes.new_empty(0),
-        _like(grad_xyz, xyz) if need_xyz else xyz.new_empty(0),
+        grad_like(grad_planes, planes) if need_planes else planes.new_empty(0),
+        grad_like(grad_xyz, xyz) if need_xyz else xyz.new_empty(0),
     )
 
 

@@ -1,8 +1,7 @@
-"""Benchmarks: each op's fused backends against its PyTorch baseline, in the same run.
+"""Measurement and report: each op's fused backends against its PyTorch baseline, in the same run.
 
-``fastfields bench`` (see :mod:`fastfields.cli`) and the pytest-benchmark suites under
-``benchmarks/`` both use the cases defined here. A case builds its inputs, the fused
-call (given a backend) and the eager PyTorch baseline people write today; the report
+A :class:`Case` (defined per op in ``fastfields/bench/<op>.py``) builds its inputs, the
+fused call (given a backend) and the eager PyTorch baseline people write today; the report
 times forward and forward+backward (median), measures peak memory, computes achieved
 bandwidth on GPU, and writes JSON, Markdown and a PNG plot named by device.
 
@@ -27,10 +26,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from . import _backend
-from .ops.triplane_sample import EG3D_AXES, LRM_AXES, planes_channels_last, triplane_sample
+from .. import _backend
 
 # Peak HBM bandwidth in GB/s by device-name fragment (vendor spec sheets).
 PEAK_BANDWIDTH = {"H200": 4800, "H100 PCIe": 2000, "H100": 3350, "A100-SXM4-80GB": 2039, "A100": 1555, "L40S": 864, "4090": 1008}
@@ -48,69 +45,8 @@ class Case:
     bytes_forward: Callable[[Dict[str, torch.Tensor]], int]
     bytes_backward: Callable[[Dict[str, torch.Tensor]], int]
     grad_inputs: Sequence[str] = ()
+    backends: Sequence[str] = ("triton", "cuda", "cpu")
     layouts: Dict[str, Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------------
-# triplane_sample
-
-
-def eg3d_sample_from_planes(planes: torch.Tensor, xyz: torch.Tensor, axes=EG3D_AXES) -> torch.Tensor:
-    """The baseline: EG3D's ``sample_from_planes`` (one batched grid_sample over B*3 planes, mean)."""
-    B, n_planes, C, H, W = planes.shape
-    N = xyz.shape[1]
-    grid = torch.stack([xyz[..., list(pair)] for pair in axes], dim=1).reshape(B * n_planes, 1, N, 2)
-    sampled = F.grid_sample(planes.reshape(B * n_planes, C, H, W), grid.to(planes.dtype), align_corners=False)
-    return sampled.reshape(B, n_planes, C, N).permute(0, 3, 1, 2).mean(dim=2)
-
-
-def _triplane_case(B, C, H, W, log2_points, dtype, axes=EG3D_AXES, label="") -> Case:
-    N = 2**log2_points
-    name = f"{label}B={B} 3x{C}x{H}x{W} N=2^{log2_points} {str(dtype).replace('torch.', '')}"
-
-    def make_inputs(device):
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        planes = torch.randn(B, 3, C, H, W, generator=gen).to(device, dtype)
-        xyz = (torch.rand(B, N, 3, generator=gen) * 2 - 1).to(device, torch.float32)
-        return {"planes": planes, "xyz": xyz}
-
-    def element_bytes(t):
-        return t.numel() * t.element_size()
-
-    def bytes_forward(x):
-        out_bytes = B * N * C * x["planes"].element_size()
-        return element_bytes(x["planes"]) + element_bytes(x["xyz"]) + out_bytes
-
-    def bytes_backward(x):
-        grad_out = B * N * C * x["planes"].element_size()
-        return grad_out + 2 * element_bytes(x["planes"]) + 2 * element_bytes(x["xyz"])
-
-    return Case(
-        op="triplane_sample",
-        name=name,
-        make_inputs=make_inputs,
-        fused=lambda x, backend: triplane_sample(x["planes"], x["xyz"], reduce="mean", axes=axes, backend=backend),
-        baseline=lambda x: eg3d_sample_from_planes(x["planes"], x["xyz"], axes),
-        bytes_forward=bytes_forward,
-        bytes_backward=bytes_backward,
-        grad_inputs=("planes", "xyz"),
-        layouts={"channels-last": lambda x: {**x, "planes": planes_channels_last(x["planes"])}},
-    )
-
-
-def cases(device: torch.device, full: bool = False) -> List[Case]:
-    """The benchmark cases for a device; ``full`` adds the larger and half-precision ones."""
-    if device.type == "cuda":
-        found = []
-        for dtype in (torch.bfloat16, torch.float32):
-            found.append(_triplane_case(1, 32, 256, 256, 21, dtype, EG3D_AXES, "EG3D "))
-            found.append(_triplane_case(1, 80, 64, 64, 21, dtype, LRM_AXES, "LRM "))
-        return found if full else found[:2]
-    found = [_triplane_case(1, 32, 128, 128, 18, torch.float32)]
-    if full:
-        found.append(_triplane_case(1, 80, 64, 64, 16, torch.float32, LRM_AXES, "LRM "))
-        found.append(_triplane_case(1, 32, 128, 128, 16, torch.bfloat16))
-    return found
 
 
 # ---------------------------------------------------------------------------------------
@@ -184,7 +120,7 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> Optional[int]
     return max(peak[0] - before, 0)
 
 
-def _pass_fn(call: Callable[[], torch.Tensor], inputs: Dict[str, torch.Tensor], case: Case, backward: bool):
+def pass_fn(call: Callable[[], torch.Tensor], inputs: Dict[str, torch.Tensor], case: Case, backward: bool):
     if not backward:
         return lambda: call()
     leaves = [inputs[name] for name in case.grad_inputs]
@@ -237,6 +173,8 @@ def run(
     peak_bw = next((bw for key, bw in PEAK_BANDWIDTH.items() if device.type == "cuda" and key in device_label(device)), None)
     chosen = backends or fused_backends(device)
     rows: List[Dict[str, object]] = []
+    from . import cases
+
     for case in cases(device, full):
         if ops and case.op not in ops:
             continue
@@ -245,15 +183,15 @@ def run(
         for backward in (False, True):
             pass_name = "fwd+bwd" if backward else "fwd"
             inputs = {k: v.detach().requires_grad_(backward and k in case.grad_inputs) for k, v in base_inputs.items()}
-            fn = _pass_fn(lambda: case.baseline(inputs), inputs, case, backward)
+            fn = pass_fn(lambda: case.baseline(inputs), inputs, case, backward)
             base_time = median_time(fn, device)
             base_mem = peak_memory(fn, device)
             rows.append(_row(case, "standard", "eager (baseline)", pass_name, base_time, base_mem, base_time, base_mem, None, None))
             log(_format_row(rows[-1]))
             for layout, layout_inputs in layouts.items():
-                for backend in chosen:
+                for backend in (b for b in chosen if b in case.backends):
                     inputs = {k: v.detach().requires_grad_(backward and k in case.grad_inputs) for k, v in layout_inputs.items()}
-                    fn = _pass_fn(lambda: case.fused(inputs, backend), inputs, case, backward)
+                    fn = pass_fn(lambda: case.fused(inputs, backend), inputs, case, backward)
                     t = median_time(fn, device)
                     mem = peak_memory(fn, device)
                     moved = case.bytes_forward(inputs) + (case.bytes_backward(inputs) if backward else 0)
