@@ -37,7 +37,10 @@ def ahead_of_time_extensions():
             extra_link_args=["-fopenmp"],
         )
     ]
-    if CUDA_HOME is not None and os.environ.get("FASTFIELDS_BUILD_CUDA", "1") == "1":
+    import torch
+
+    wants_cuda = os.environ.get("FASTFIELDS_BUILD_CUDA", "1") == "1"
+    if wants_cuda and CUDA_HOME is not None and torch.version.cuda is not None:
         extensions.append(
             CUDAExtension(
                 "fastfields._C_cuda",
