@@ -66,6 +66,7 @@ setup(
         "fastfields.ops",
         "fastfields.reference",
         "fastfields.bench",
+        "fastfields.rendering",
         "fastfields.kernels",
         "fastfields.models",
         "fastfields.csrc",

@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 from ._backend import BACKENDS, BackendUnavailable, backends
 from ._build import BuildError
 from .ops import EG3D_AXES, LRM_AXES, XYZ_AXES, planes_channels_last, triplane_sample
+from . import rendering
 
 __all__ = [
     "BACKENDS",
@@ -20,5 +21,6 @@ __all__ = [
     "XYZ_AXES",
     "backends",
     "planes_channels_last",
+    "rendering",
     "triplane_sample",
 ]
