@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "fastfields/triplane_sample.h"
+#include "fastfields/triplane_sample_bind.h"
 
 namespace fastfields {
 namespace {
@@ -96,6 +97,86 @@ inline A dot_channels(const A* __restrict__ g, const T* __restrict__ q, int64_t 
   return s;
 }
 
+// Backward of one plane's tap for one point, fused over the four corners so every plane
+// value is read once:
+//   gbuf[corner, c] += w[corner] * g[c]                    (when gbuf != nullptr)
+//   du += sum_c g[c] * sum_corner dwu[corner] * plane[corner, c]   (when want_xyz)
+//   dv += sum_c g[c] * sum_corner dwv[corner] * plane[corner, c]
+// gbuf points at the plane's channels-last [H, W, C] accumulation buffer.
+template <bool CL, typename T, typename A>
+inline void plane_backward(const A* __restrict__ g, const T* __restrict__ base, const PlaneTaps<A>& t,
+                           A* __restrict__ gbuf, int64_t W, int64_t C, int64_t sC, bool want_xyz,
+                           A& du, A& dv) {
+  if (t.mask == 0xFu) {
+    const T* __restrict__ p0 = base + t.off[0];
+    const T* __restrict__ p1 = base + t.off[1];
+    const T* __restrict__ p2 = base + t.off[2];
+    const T* __restrict__ p3 = base + t.off[3];
+    if (gbuf) {
+      A* __restrict__ d0 = gbuf + (t.y0 * W + t.x0) * C;
+      A* __restrict__ d1 = d0 + C;
+      A* __restrict__ d2 = d0 + W * C;
+      A* __restrict__ d3 = d2 + C;
+      const A w0 = t.w[0], w1 = t.w[1], w2 = t.w[2], w3 = t.w[3];
+      for (int64_t c = 0; c < C; ++c) {
+        const A gc = g[c];
+        d0[c] += w0 * gc;
+        d1[c] += w1 * gc;
+        d2[c] += w2 * gc;
+        d3[c] += w3 * gc;
+      }
+    }
+    if (want_xyz) {
+      const A u0 = t.dwu[0], u1 = t.dwu[1], u2 = t.dwu[2], u3 = t.dwu[3];
+      const A v0 = t.dwv[0], v1 = t.dwv[1], v2 = t.dwv[2], v3 = t.dwv[3];
+      constexpr int L = 8;  // partial sums: vectorisable without -ffast-math
+      A su[L], sv[L];
+      for (int j = 0; j < L; ++j) su[j] = sv[j] = A(0);
+      int64_t c = 0;
+      for (; c + L <= C; c += L) {
+        for (int j = 0; j < L; ++j) {
+          const int64_t o = chan<CL>(c + j, sC);
+          const A a0 = ff_load<A>(p0[o]), a1 = ff_load<A>(p1[o]);
+          const A a2 = ff_load<A>(p2[o]), a3 = ff_load<A>(p3[o]);
+          const A gc = g[c + j];
+          su[j] += gc * (u0 * a0 + u1 * a1 + u2 * a2 + u3 * a3);
+          sv[j] += gc * (v0 * a0 + v1 * a1 + v2 * a2 + v3 * a3);
+        }
+      }
+      A tu = A(0), tv = A(0);
+      for (; c < C; ++c) {
+        const int64_t o = chan<CL>(c, sC);
+        const A a0 = ff_load<A>(p0[o]), a1 = ff_load<A>(p1[o]);
+        const A a2 = ff_load<A>(p2[o]), a3 = ff_load<A>(p3[o]);
+        const A gc = g[c];
+        tu += gc * (u0 * a0 + u1 * a1 + u2 * a2 + u3 * a3);
+        tv += gc * (v0 * a0 + v1 * a1 + v2 * a2 + v3 * a3);
+      }
+      for (int j = 0; j < L; ++j) {
+        tu += su[j];
+        tv += sv[j];
+      }
+      du += tu;
+      dv += tv;
+    }
+    return;
+  }
+  for (int q = 0; q < 4; ++q) {
+    if (!(t.mask & (1u << q))) continue;
+    if (gbuf) {
+      A* __restrict__ dst =
+          gbuf + ((t.y0 + triplane_corner_dy(q)) * W + (t.x0 + triplane_corner_dx(q))) * C;
+      const A w = t.w[q];
+      for (int64_t c = 0; c < C; ++c) dst[c] += w * g[c];
+    }
+    if (want_xyz) {
+      const A s = dot_channels<CL>(g, base + t.off[q], C, sC);
+      du += t.dwu[q] * s;
+      dv += t.dwv[q] * s;
+    }
+  }
+}
+
 template <typename T, typename A>
 inline void store_row(T* __restrict__ out, const A* __restrict__ src, int64_t n, A scale) {
   for (int64_t c = 0; c < n; ++c) out[c] = ff_store<T>(src[c] * scale);
@@ -107,7 +188,9 @@ inline void store_row(T* __restrict__ out, const A* __restrict__ src, int64_t n,
 // so the random plane reads of several points are in flight at once.
 // ---------------------------------------------------------------------------------------
 
-constexpr int kLookahead = 4;
+#include <cstdlib>
+constexpr int kLookahead = 8;
+constexpr int kRing = 16;  // power of two, > kLookahead
 
 template <typename A>
 struct PointTaps {
@@ -128,51 +211,138 @@ inline void prepare_point(const TriplaneSampleParams& p, const A* xyz, int64_t i
   }
 }
 
+// Same, for a point whose coordinates were gathered (contiguously) by spatial_order.
+template <typename A>
+inline void prepare_point_gathered(const TriplaneSampleParams& p, const A* pt, int64_t idx, PointTaps<A>& q) {
+  q.b = idx / p.N;
+  q.n = idx - q.b * p.N;
+  q.ok = ff_isfinite(pt[0]) && ff_isfinite(pt[1]) && ff_isfinite(pt[2]);
+  if (!q.ok) return;
+  for (int k = 0; k < 3; ++k) {
+    q.t[k] = triplane_plane_taps<A>(pt[p.axes[2 * k]], pt[p.axes[2 * k + 1]], p);
+  }
+}
+
+template <int RW>
 inline void prefetch_bytes(const void* ptr, int64_t bytes) {
   const char* c = static_cast<const char*>(ptr);
-  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
-  __builtin_prefetch(c + bytes - 1);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, RW);
+  __builtin_prefetch(c + bytes - 1, RW);
 }
 
-// Prefetch the plane data a point's taps will read (channels-last: one contiguous row of
-// C values per corner; otherwise one element per channel of the x0 corners, which usually
-// share a cache line with x1).
-template <bool CL, typename T, typename A>
-inline void prefetch_planes(const TriplaneSampleParams& p, const T* planes, const PointTaps<A>& q) {
-  if (!q.ok) return;
-  const T* base_b = planes + q.b * p.planes_strides[0];
-  const int64_t sP = p.planes_strides[1], sC = p.planes_strides[2];
-  for (int k = 0; k < 3; ++k) {
-    const PlaneTaps<A>& t = q.t[k];
-    const T* base = base_b + k * sP;
-    for (int c = 0; c < 4; ++c) {
-      if (!(t.mask & (1u << c))) continue;
-      if (CL) {
-        prefetch_bytes(base + t.off[c], p.C * int64_t(sizeof(T)));
-      } else if (!(c & 1) || !(t.mask & (1u << (c - 1)))) {
-        for (int64_t ch = 0; ch < p.C; ++ch) __builtin_prefetch(base + t.off[c] + ch * sC);
+// ---------------------------------------------------------------------------------------
+// Spatial ordering. Random (incoherent) points read the planes at random places, and once
+// the planes outgrow the L2 cache every tap is a cache miss. Processing the points in the
+// Morton order of a coarse 3D grid makes consecutive points read (and, backward, write)
+// neighbouring plane rows, since a 3D neighbourhood projects to a neighbourhood on every
+// plane. The order is a stable counting sort (O(points)); outputs are still written at each
+// point's own index. Skipped for small problems and for inputs that are already coherent
+// (e.g. samples along rays).
+// ---------------------------------------------------------------------------------------
+
+inline uint32_t morton_spread3(uint32_t v) {  // 10 bits -> every third bit
+  v &= 0x3ffu;
+  v = (v | (v << 16)) & 0x030000ffu;
+  v = (v | (v << 8)) & 0x0300f00fu;
+  v = (v | (v << 4)) & 0x030c30c3u;
+  v = (v | (v << 2)) & 0x09249249u;
+  return v;
+}
+
+template <typename A>
+inline uint32_t morton_cell(A c, A scale, uint32_t cells) {
+  const A f = (c + A(1)) * scale;  // [-1, 1] -> [0, cells]
+  if (!(f > A(0))) return 0u;      // also NaN
+  if (f >= static_cast<A>(cells)) return cells - 1;
+  return static_cast<uint32_t>(f);
+}
+
+// Processing order of the B * N points (empty: their own order) and their coordinates
+// gathered in that order ([3] per point), so the kernels read them sequentially.
+template <typename A>
+struct PointOrder {
+  std::vector<int64_t> order;
+  std::vector<A> xyz;
+  const int64_t* order_ptr() const { return order.empty() ? nullptr : order.data(); }
+  const A* xyz_ptr() const { return order.empty() ? nullptr : xyz.data(); }
+};
+
+template <typename T, typename A>
+PointOrder<A> spatial_order(const TriplaneSampleParams& p, const A* xyz) {
+  PointOrder<A> result;
+  std::vector<int64_t>& order = result.order;
+  const int64_t total = p.B * p.N;
+  const int64_t plane_bytes = 3 * p.H * p.W * p.C * int64_t(sizeof(T));
+  if (total < (int64_t(1) << 14) || plane_bytes < (int64_t(1) << 19)) return result;
+  if (std::getenv("FF_NOSORT")) return result;
+  // Cells of about 4 pixels along the larger plane side, at most 32 per axis.
+  int bits = 0;
+  while (bits < 5 && (int64_t(4) << bits) < std::max(p.H, p.W)) ++bits;
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total / 4096 + 1));
+  while (bits > 0 && p.B * (int64_t(1) << (3 * bits)) * threads > (int64_t(1) << 22)) --bits;
+  if (bits == 0) return result;
+  const uint32_t cells = 1u << bits;
+  const int64_t K = int64_t(1) << (3 * bits);
+  const int64_t nkeys = p.B * K;
+  const A scale = static_cast<A>(cells) * A(0.5);
+
+  std::vector<uint32_t> keys(static_cast<size_t>(total));
+  std::vector<int64_t> hist(static_cast<size_t>(threads * nkeys), 0);
+  std::vector<int64_t> coherent(static_cast<size_t>(threads), 0);
+  auto chunk_begin = [&](int64_t t) { return total * t / threads; };
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      int64_t* h = hist.data() + t * nkeys;
+      int64_t same = 0;
+      uint32_t prev = ~0u;
+      for (int64_t i = chunk_begin(t); i < chunk_begin(t + 1); ++i) {
+        const int64_t b = i / p.N;
+        const int64_t n = i - b * p.N;
+        const A* q = xyz + b * p.xyz_strides[0] + n * p.xyz_strides[1];
+        const uint32_t m = morton_spread3(morton_cell(q[0], scale, cells)) |
+                           (morton_spread3(morton_cell(q[p.xyz_strides[2]], scale, cells)) << 1) |
+                           (morton_spread3(morton_cell(q[2 * p.xyz_strides[2]], scale, cells)) << 2);
+        const uint32_t key = static_cast<uint32_t>(b * K) + m;
+        keys[i] = key;
+        ++h[key];
+        same += key == prev;
+        prev = key;
+      }
+      coherent[t] = same;
+    }
+  });
+  int64_t same = 0;
+  for (auto c : coherent) same += c;
+  if (2 * same >= total) return result;  // already spatially coherent
+
+  // Exclusive prefix over (key, thread): a stable order.
+  int64_t run = 0;
+  for (int64_t k = 0; k < nkeys; ++k) {
+    for (int64_t t = 0; t < threads; ++t) {
+      int64_t& h = hist[t * nkeys + k];
+      const int64_t c = h;
+      h = run;
+      run += c;
+    }
+  }
+  order.resize(static_cast<size_t>(total));
+  result.xyz.resize(static_cast<size_t>(3 * total));
+  A* sx = result.xyz.data();
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      int64_t* h = hist.data() + t * nkeys;
+      for (int64_t i = chunk_begin(t); i < chunk_begin(t + 1); ++i) {
+        const int64_t pos = h[keys[i]]++;
+        order[pos] = i;
+        const int64_t b = i / p.N;
+        const A* q = xyz + b * p.xyz_strides[0] + (i - b * p.N) * p.xyz_strides[1];
+        sx[3 * pos] = q[0];
+        sx[3 * pos + 1] = q[p.xyz_strides[2]];
+        sx[3 * pos + 2] = q[2 * p.xyz_strides[2]];
       }
     }
-  }
-}
-
-// Prefetch (for writing) the rows of the channels-last gradient buffer a point updates.
-template <typename A>
-inline void prefetch_grad_rows(const TriplaneSampleParams& p, const A* gp, const PointTaps<A>& q) {
-  if (!q.ok || gp == nullptr) return;
-  const int64_t C = p.C, H = p.H, W = p.W;
-  for (int k = 0; k < 3; ++k) {
-    const PlaneTaps<A>& t = q.t[k];
-    const A* plane_buf = gp + (q.b * 3 + k) * H * W * C;
-    for (int c = 0; c < 4; c += 2) {  // (y, x0) and (y, x1) rows are adjacent
-      const unsigned m = (t.mask >> c) & 3u;
-      if (!m) continue;
-      const int64_t y = t.y0 + triplane_corner_dy(c);
-      const int64_t x = (m & 1u) ? t.x0 : t.x0 + 1;
-      const int64_t cnt = (m == 3u) ? 2 * C : C;
-      prefetch_bytes(plane_buf + (y * W + x) * C, cnt * int64_t(sizeof(A)));
-    }
-  }
+  });
+  return result;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -181,24 +351,30 @@ inline void prefetch_grad_rows(const TriplaneSampleParams& p, const A* gp, const
 
 template <bool CL, typename T, typename A>
 void fwd_points(const TriplaneSampleParams& p, const T* planes, const A* xyz, T* out,
-                int64_t begin, int64_t end) {
+                const int64_t* order, const A* gathered, int64_t begin, int64_t end) {
   const int64_t C = p.C;
   const int64_t OC = triplane_out_channels(p);
   const int64_t sB = p.planes_strides[0], sP = p.planes_strides[1], sC = p.planes_strides[2];
   std::vector<A> buf(static_cast<size_t>(3 * C) + 1);
   A* f = buf.data();
-  PointTaps<A> ring[kLookahead];
-  for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) {
-    prepare_point<A>(p, xyz, i, ring[(i - begin) % kLookahead]);
-    prefetch_planes<CL>(p, planes, ring[(i - begin) % kLookahead]);
-  }
-  for (int64_t idx = begin; idx < end; ++idx) {
-    PointTaps<A>& slot = ring[(idx - begin) % kLookahead];
-    const PointTaps<A> q = slot;
-    if (idx + kLookahead < end) {
-      prepare_point<A>(p, xyz, idx + kLookahead, slot);
-      prefetch_planes<CL>(p, planes, slot);
+  // Points are prepared (taps computed, output row prefetched for writing) kLookahead
+  // points ahead: in spatial order the output rows are scattered.
+  PointTaps<A> ring[kRing];
+  auto prepare = [&](int64_t i) {
+    PointTaps<A>& q = ring[i & (kRing - 1)];
+    const int64_t idx = order ? order[i] : i;
+    if (order) {
+      prepare_point_gathered<A>(p, gathered + 3 * i, idx, q);
+    } else {
+      prepare_point<A>(p, xyz, idx, q);
     }
+    prefetch_bytes<1>(out + idx * OC, OC * int64_t(sizeof(T)));
+  };
+  for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) prepare(i);
+  for (int64_t i = begin; i < end; ++i) {
+    if (i + kLookahead < end) prepare(i + kLookahead);
+    const PointTaps<A>& q = ring[i & (kRing - 1)];
+    const int64_t idx = q.b * p.N + q.n;
     T* __restrict__ o = out + idx * OC;
     if (!q.ok) {
       for (int64_t c = 0; c < OC; ++c) o[c] = ff_store<T>(A(0));
@@ -239,29 +415,37 @@ void fwd_points(const TriplaneSampleParams& p, const T* planes, const A* xyz, T*
 // buffer [B, 3, H, W, C] owned by the calling thread; gxyz (may be null) is [B, N, 3].
 template <bool CL, typename T, typename A>
 void bwd_points(const TriplaneSampleParams& p, const T* grad_out, const T* planes, const A* xyz,
-                A* gp, A* gxyz, int64_t begin, int64_t end) {
+                A* gp, A* gxyz, const int64_t* order, const A* gathered, int64_t begin, int64_t end) {
   const int64_t C = p.C, H = p.H, W = p.W;
   const int64_t sB = p.planes_strides[0], sP = p.planes_strides[1], sC = p.planes_strides[2];
   const int64_t gB = p.grad_out_strides[0], gN = p.grad_out_strides[1];
   const int64_t gP = p.grad_out_strides[2], gC = p.grad_out_strides[3];
   const bool reduced = !(p.reduce == kReduceNone || p.reduce == kReduceConcat);
-  const bool need_plane_values = gxyz != nullptr || p.reduce == kReduceProd;
   std::vector<A> buf(static_cast<size_t>(6 * C) + 1);
   A* g = buf.data();      // [3, C] gradient reaching each plane's features
   A* f = g + 3 * C;       // [3, C] features (prod only)
-  PointTaps<A> ring[kLookahead];
-  auto prepare = [&](int64_t i, PointTaps<A>& q) {
-    prepare_point<A>(p, xyz, i, q);
-    if (need_plane_values) prefetch_planes<CL>(p, planes, q);
-    prefetch_grad_rows<A>(p, gp, q);
+  // Points are prepared (taps computed, grad_out / grad_xyz rows prefetched) kLookahead
+  // points ahead: in spatial order those rows are scattered.
+  PointTaps<A> ring[kRing];
+  auto prepare = [&](int64_t i) {
+    PointTaps<A>& q = ring[i & (kRing - 1)];
+    const int64_t idx = order ? order[i] : i;
+    if (order) {
+      prepare_point_gathered<A>(p, gathered + 3 * i, idx, q);
+    } else {
+      prepare_point<A>(p, xyz, idx, q);
+    }
+    if (q.ok && gC == 1) {
+      const T* go = grad_out + q.b * gB + q.n * gN;
+      for (int k = 0; k < (reduced ? 1 : 3); ++k) prefetch_bytes<0>(go + k * gP, C * int64_t(sizeof(T)));
+    }
+    if (gxyz) __builtin_prefetch(gxyz + 3 * idx, 1);
   };
-  for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) {
-    prepare(i, ring[(i - begin) % kLookahead]);
-  }
-  for (int64_t idx = begin; idx < end; ++idx) {
-    PointTaps<A>& slot = ring[(idx - begin) % kLookahead];
-    const PointTaps<A> q = slot;
-    if (idx + kLookahead < end) prepare(idx + kLookahead, slot);
+  for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) prepare(i);
+  for (int64_t i = begin; i < end; ++i) {
+    if (i + kLookahead < end) prepare(i + kLookahead);
+    const PointTaps<A>& q = ring[i & (kRing - 1)];
+    const int64_t idx = q.b * p.N + q.n;
     const int64_t b = q.b, n = q.n;
     if (!q.ok) {
       if (gxyz) gxyz[idx * 3] = gxyz[idx * 3 + 1] = gxyz[idx * 3 + 2] = A(0);
@@ -307,25 +491,10 @@ void bwd_points(const TriplaneSampleParams& p, const T* grad_out, const T* plane
       const PlaneTaps<A>& t = q.t[k];
       if (t.mask == 0u) continue;
       const A* __restrict__ gk = g + k * C;
-      if (gp) {
-        A* plane_buf = gp + (b * 3 + k) * H * W * C;
-        for (int c4 = 0; c4 < 4; ++c4) {
-          if (!(t.mask & (1u << c4))) continue;
-          A* __restrict__ dst =
-              plane_buf + ((t.y0 + triplane_corner_dy(c4)) * W + (t.x0 + triplane_corner_dx(c4))) * C;
-          const A w = t.w[c4];
-          for (int64_t c = 0; c < C; ++c) dst[c] += w * gk[c];
-        }
-      }
+      A du = A(0), dv = A(0);
+      plane_backward<CL>(gk, base_b + k * sP, t, gp ? gp + (b * 3 + k) * H * W * C : nullptr, W, C, sC,
+                         gxyz != nullptr, du, dv);
       if (gxyz) {
-        const T* base = base_b + k * sP;
-        A du = A(0), dv = A(0);
-        for (int c4 = 0; c4 < 4; ++c4) {
-          if (!(t.mask & (1u << c4))) continue;
-          const A s = dot_channels<CL>(gk, base + t.off[c4], C, sC);
-          du += t.dwu[c4] * s;
-          dv += t.dwv[c4] * s;
-        }
         dxyz[p.axes[2 * k]] += du;
         dxyz[p.axes[2 * k + 1]] += dv;
       }
@@ -344,64 +513,7 @@ void bwd_points(const TriplaneSampleParams& p, const T* grad_out, const T* plane
 
 constexpr int64_t kPointGrain = 256;
 
-int64_t parse_reduce(int64_t reduce) {
-  TORCH_CHECK(reduce >= 0 && reduce <= 4,
-              "triplane_sample: reduce must be 0 (none), 1 (sum), 2 (mean), 3 (prod) or 4 (concat), got ",
-              reduce);
-  return reduce;
-}
-
-TriplaneSampleParams make_params(const at::Tensor& planes, const at::Tensor& xyz, at::IntArrayRef axes,
-                                 int64_t reduce, bool align_corners, int64_t padding) {
-  TORCH_CHECK(planes.dim() == 5, "triplane_sample: planes must be [B, 3, C, H, W], got ", planes.dim(),
-              " dims");
-  TORCH_CHECK(planes.size(1) == 3, "triplane_sample: planes must hold 3 planes (dim 1), got ",
-              planes.size(1));
-  TORCH_CHECK(planes.size(3) > 0 && planes.size(4) > 0,
-              "triplane_sample: planes must have H > 0 and W > 0, got ", planes.sizes());
-  TORCH_CHECK(xyz.dim() == 3, "triplane_sample: xyz must be [B, N, 3], got ", xyz.dim(), " dims");
-  TORCH_CHECK(xyz.size(2) == 3, "triplane_sample: xyz's last dim must be 3, got ", xyz.size(2));
-  TORCH_CHECK(xyz.size(0) == planes.size(0), "triplane_sample: xyz batch (", xyz.size(0),
-              ") must match planes batch (", planes.size(0), ")");
-  const auto pt = planes.scalar_type();
-  TORCH_CHECK(pt == at::kFloat || pt == at::kDouble || pt == at::kHalf || pt == at::kBFloat16,
-              "triplane_sample: planes must be float32/float64/float16/bfloat16, got ", pt);
-  TORCH_CHECK(at::isFloatingType(xyz.scalar_type()),
-              "triplane_sample: xyz must be a floating-point tensor, got ", xyz.scalar_type());
-  TORCH_CHECK(axes.size() == 6, "triplane_sample: axes must hold 6 entries (3 planes x (u, v)), got ",
-              axes.size());
-  for (auto a : axes) {
-    TORCH_CHECK(a >= 0 && a < 3, "triplane_sample: axes entries must be 0, 1 or 2, got ", axes);
-  }
-  TORCH_CHECK(padding == 0 || padding == 1,
-              "triplane_sample: padding must be 0 (zeros) or 1 (border), got ", padding);
-  parse_reduce(reduce);
-
-  TriplaneSampleParams p{};
-  p.B = planes.size(0);
-  p.N = xyz.size(1);
-  p.C = planes.size(2);
-  p.H = planes.size(3);
-  p.W = planes.size(4);
-  for (int i = 0; i < 5; ++i) p.planes_strides[i] = planes.stride(i);
-  for (int i = 0; i < 3; ++i) p.xyz_strides[i] = xyz.stride(i);
-  for (int i = 0; i < 4; ++i) p.grad_out_strides[i] = 0;
-  for (int i = 0; i < 6; ++i) p.axes[i] = static_cast<int>(axes[i]);
-  p.reduce = static_cast<int>(reduce);
-  p.padding = static_cast<int>(padding);
-  p.align_corners = align_corners;
-  return p;
-}
-
-std::vector<int64_t> out_shape(const TriplaneSampleParams& p) {
-  if (p.reduce == kReduceNone) return {p.B, p.N, 3, p.C};
-  if (p.reduce == kReduceConcat) return {p.B, p.N, 3 * p.C};
-  return {p.B, p.N, p.C};
-}
-
-at::ScalarType acc_dtype(at::ScalarType planes_dtype) {
-  return planes_dtype == at::kDouble ? at::kDouble : at::kFloat;
-}
+using namespace triplane_bind;
 
 at::Tensor triplane_sample_fwd_cpu(const at::Tensor& planes, const at::Tensor& xyz, at::IntArrayRef axes,
                                    int64_t reduce, bool align_corners, int64_t padding) {
@@ -410,22 +522,24 @@ at::Tensor triplane_sample_fwd_cpu(const at::Tensor& planes, const at::Tensor& x
   TORCH_CHECK(xyz.device().is_cpu(), "triplane_sample (cpu): xyz must be a CPU tensor, got ", xyz.device());
   TriplaneSampleParams p = make_params(planes, xyz, axes, reduce, align_corners, padding);
   // Coordinates in the accumulation dtype (a no-op for the usual fp32 xyz); strides honoured.
-  const at::Tensor xyz_a = xyz.to(acc_dtype(planes.scalar_type()));
-  for (int i = 0; i < 3; ++i) p.xyz_strides[i] = xyz_a.stride(i);
+  const at::Tensor xyz_a = prepare_xyz(xyz, planes.scalar_type(), p);
   at::Tensor out = at::empty(out_shape(p), planes.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t total = p.B * p.N;
   if (total == 0 || out.numel() == 0) return out;
   const bool cl = p.planes_strides[2] == 1;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, planes.scalar_type(), "triplane_sample_fwd_cpu", [&] {
     using A = acc_t<scalar_t>;
-    const scalar_t* pl = planes.const_data_ptr<scalar_t>();
-    const A* xp = xyz_a.const_data_ptr<A>();
-    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    const scalar_t* pl = planes.data_ptr<scalar_t>();
+    const A* xp = xyz_a.data_ptr<A>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    const PointOrder<A> order = spatial_order<scalar_t, A>(p, xp);
+    const int64_t* ord = order.order_ptr();
+    const A* xyz_sorted = order.xyz_ptr();
     at::parallel_for(0, total, kPointGrain, [&](int64_t begin, int64_t end) {
       if (cl) {
-        fwd_points<true, scalar_t, A>(p, pl, xp, op, begin, end);
+        fwd_points<true, scalar_t, A>(p, pl, xp, op, ord, xyz_sorted, begin, end);
       } else {
-        fwd_points<false, scalar_t, A>(p, pl, xp, op, begin, end);
+        fwd_points<false, scalar_t, A>(p, pl, xp, op, ord, xyz_sorted, begin, end);
       }
     });
   });
@@ -441,30 +555,10 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(const at::Tensor& gra
   TORCH_CHECK(xyz.device().is_cpu(), "triplane_sample (cpu): xyz must be a CPU tensor, got ", xyz.device());
   TORCH_CHECK(grad_out.device().is_cpu(), "triplane_sample (cpu): grad_out must be a CPU tensor, got ",
               grad_out.device());
-  TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()),
-              "triplane_sample: grad_out must be a floating-point tensor, got ", grad_out.scalar_type());
   TriplaneSampleParams p = make_params(planes, xyz, axes, reduce, align_corners, padding);
-  const auto expected = out_shape(p);
-  TORCH_CHECK(grad_out.sizes().equals(expected), "triplane_sample: grad_out must have shape ",
-              at::IntArrayRef(expected), ", got ", grad_out.sizes());
-
   const at::ScalarType adt = acc_dtype(planes.scalar_type());
-  const at::Tensor xyz_a = xyz.to(adt);
-  for (int i = 0; i < 3; ++i) p.xyz_strides[i] = xyz_a.stride(i);
-  const at::Tensor go = grad_out.to(planes.scalar_type());
-  if (p.reduce == kReduceNone) {
-    for (int i = 0; i < 4; ++i) p.grad_out_strides[i] = go.stride(i);
-  } else if (p.reduce == kReduceConcat) {  // [B, N, 3C] viewed as [B, N, 3, C]
-    p.grad_out_strides[0] = go.stride(0);
-    p.grad_out_strides[1] = go.stride(1);
-    p.grad_out_strides[2] = p.C * go.stride(2);
-    p.grad_out_strides[3] = go.stride(2);
-  } else {
-    p.grad_out_strides[0] = go.stride(0);
-    p.grad_out_strides[1] = go.stride(1);
-    p.grad_out_strides[2] = 0;
-    p.grad_out_strides[3] = go.stride(2);
-  }
+  const at::Tensor xyz_a = prepare_xyz(xyz, planes.scalar_type(), p);
+  const at::Tensor go = prepare_grad_out(grad_out, planes, p);
 
   const int64_t B = p.B, C = p.C, H = p.H, W = p.W;
   // grad_planes: channels-last [B, 3, H, W, C] storage, returned as a [B, 3, C, H, W] view.
@@ -482,15 +576,18 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(const at::Tensor& gra
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, planes.scalar_type(), "triplane_sample_bwd_cpu", [&] {
       using A = acc_t<scalar_t>;
-      const scalar_t* pl = planes.const_data_ptr<scalar_t>();
-      const scalar_t* gop = go.const_data_ptr<scalar_t>();
-      const A* xp = xyz_a.const_data_ptr<A>();
-      A* gx = need_xyz ? gxyz_a.mutable_data_ptr<A>() : nullptr;
+      const scalar_t* pl = planes.data_ptr<scalar_t>();
+      const scalar_t* gop = go.data_ptr<scalar_t>();
+      const A* xp = xyz_a.data_ptr<A>();
+      A* gx = need_xyz ? gxyz_a.data_ptr<A>() : nullptr;
+      const PointOrder<A> order = spatial_order<scalar_t, A>(p, xp);
+      const int64_t* ord = order.order_ptr();
+      const A* xyz_sorted = order.xyz_ptr();
       auto run = [&](A* gpbuf, int64_t begin, int64_t end) {
         if (cl) {
-          bwd_points<true, scalar_t, A>(p, gop, pl, xp, gpbuf, gx, begin, end);
+          bwd_points<true, scalar_t, A>(p, gop, pl, xp, gpbuf, gx, ord, xyz_sorted, begin, end);
         } else {
-          bwd_points<false, scalar_t, A>(p, gop, pl, xp, gpbuf, gx, begin, end);
+          bwd_points<false, scalar_t, A>(p, gop, pl, xp, gpbuf, gx, ord, xyz_sorted, begin, end);
         }
       };
       if (!need_planes) {
@@ -514,9 +611,9 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(const at::Tensor& gra
       const int64_t n_extra = same ? slots - 1 : slots;
       at::Tensor extra;
       if (n_extra > 0) extra = at::empty({n_extra, elems}, planes.options().dtype(adt));
-      A* extra_p = n_extra > 0 ? extra.mutable_data_ptr<A>() : nullptr;
+      A* extra_p = n_extra > 0 ? extra.data_ptr<A>() : nullptr;
       A* out0 = nullptr;
-      if constexpr (same) out0 = reinterpret_cast<A*>(gp_cl.mutable_data_ptr<scalar_t>());
+      if constexpr (same) out0 = reinterpret_cast<A*>(gp_cl.data_ptr<scalar_t>());
       auto slot_buf = [&](int64_t s) -> A* {
         if (same) return s == 0 ? out0 : extra_p + (s - 1) * elems;
         return extra_p + s * elems;
@@ -531,7 +628,7 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(const at::Tensor& gra
         }
       });
       if (same && slots == 1) return;
-      scalar_t* dst = gp_cl.mutable_data_ptr<scalar_t>();
+      scalar_t* dst = gp_cl.data_ptr<scalar_t>();
       at::parallel_for(0, elems, 4096, [&](int64_t begin, int64_t end) {
         if (same) {
           A* d = reinterpret_cast<A*>(dst);
