@@ -9,8 +9,8 @@ __version__ = "0.1.0"
 
 from ._backend import BACKENDS, BackendUnavailable, backends
 from ._build import BuildError
-from .ops import EG3D_AXES, LRM_AXES, XYZ_AXES, planes_channels_last, triplane_sample
-from . import rendering
+from .ops import EG3D_AXES, LRM_AXES, XYZ_AXES, adaln_modulate, attention, planes_channels_last, triplane_sample
+from . import nn, rendering
 
 __all__ = [
     "BACKENDS",
@@ -19,7 +19,10 @@ __all__ = [
     "EG3D_AXES",
     "LRM_AXES",
     "XYZ_AXES",
+    "adaln_modulate",
+    "attention",
     "backends",
+    "nn",
     "planes_channels_last",
     "rendering",
     "triplane_sample",

@@ -100,6 +100,10 @@ def backends(build: bool = True) -> Dict[str, Dict[str, object]]:
 _warned = set()
 
 
+def _serves_device(name: str, device_type: str) -> bool:
+    return name in ("torch", "triton") or name == device_type
+
+
 def resolve(op: str, requested: str, device: torch.device, implemented: Sequence[str]) -> str:
     """The backend that runs ``op`` for tensors on ``device``."""
     device_type = device.type
@@ -108,6 +112,10 @@ def resolve(op: str, requested: str, device: torch.device, implemented: Sequence
     source = "backend"
     if requested == "auto" and os.environ.get(ENV_VAR, "auto") != "auto":
         requested, source = os.environ[ENV_VAR], ENV_VAR
+        # A process-wide override applies where it can: ops without that backend, or tensors
+        # on a device it does not run, keep choosing automatically.
+        if requested in BACKENDS and (requested not in implemented or not _serves_device(requested, device_type)):
+            requested = "auto"
     if requested != "auto":
         if requested not in BACKENDS:
             raise ValueError(f"{op}: {source} must be 'auto' or one of {BACKENDS}, got {requested!r}")

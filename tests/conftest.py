@@ -25,14 +25,14 @@ def backend_params():
     params = []
     for backend in COMPILED:
         for device in ("cpu", "cuda"):
+            if backend in ("cpu", "cuda") and backend != device:
+                continue
             marks = [pytest.mark.cuda] if device == "cuda" else []
             if device == "cuda" and not torch.cuda.is_available():
                 marks.append(pytest.mark.skip(reason="no CUDA device"))
             elif backend == "triton" and _backend.why_unusable("triton", device, build=False) is not None:
                 marks.append(pytest.mark.skip(reason=_backend.why_unusable("triton", device, build=False)))
             elif backend in ("cpu", "cuda"):
-                if backend != device:
-                    continue
                 reason = _build.why_unbuildable(backend)
                 if reason is not None:
                     marks.append(pytest.mark.skip(reason=reason))

@@ -75,3 +75,12 @@ def test_import_is_light():
     code = "import sys, fastfields; assert 'triton' not in sys.modules, 'triton imported'; print('ok')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_env_var_applies_only_where_it_can(monkeypatch):
+    """A process-wide override does not break ops or devices that lack that backend."""
+    monkeypatch.setenv("FASTFIELDS_BACKEND", "cuda")
+    expected = "cpu" if _build.why_unbuildable("cpu") is None else "torch"
+    assert _backend.resolve("triplane_sample", "auto", torch.device("cpu"), ("torch", "cpu", "cuda")) == expected
+    monkeypatch.setenv("FASTFIELDS_BACKEND", "triton")
+    assert _backend.resolve("some_op", "auto", torch.device("cpu"), ("torch", "cpu")) == expected

@@ -1,0 +1,289 @@
+// adaln_modulate: fused LayerNorm + adaLN modulation on the CPU (at::parallel_for over token
+// rows, float accumulation), torch-facing checks, and op registration (namespace
+// fastfields_cpu).
+//
+//   out = residual + gate * ((xhat * weight + bias) * (1 + scale) + shift),
+//   xhat = (x - mean) * rstd over the last dim; x [B, L, D], shift/scale/gate [B, D].
+//
+// The per-sample factors are folded first (O(B * D)), so the row loop is one fused
+// multiply-add per element: out = residual + xhat * alpha[b] + beta[b] with
+// alpha = gate * weight * (1 + scale), beta = gate * (bias * (1 + scale) + shift).
+// The backward returns dx and the per-sample sums P = sum_l dout * xhat and
+// Q = sum_l dout, from which fastfields/ops/adaln_modulate.py forms every parameter
+// gradient.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "fastfields/common.h"
+
+namespace fastfields {
+namespace {
+
+// 8 independent partial sums let these loops vectorise without -ffast-math.
+constexpr int kLanes = 8;
+
+template <typename T, typename A>
+inline A row_sum(const T* __restrict__ x, int64_t D) {
+  A part[kLanes] = {};
+  int64_t d = 0;
+  for (; d + kLanes <= D; d += kLanes) {
+    for (int j = 0; j < kLanes; ++j) part[j] += ff_load<A>(x[d + j]);
+  }
+  A s = A(0);
+  for (; d < D; ++d) s += ff_load<A>(x[d]);
+  for (int j = 0; j < kLanes; ++j) s += part[j];
+  return s;
+}
+
+template <typename T, typename A>
+inline A row_squared_deviation(const T* __restrict__ x, A mean, int64_t D) {
+  A part[kLanes] = {};
+  int64_t d = 0;
+  for (; d + kLanes <= D; d += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const A c = ff_load<A>(x[d + j]) - mean;
+      part[j] += c * c;
+    }
+  }
+  A s = A(0);
+  for (; d < D; ++d) {
+    const A c = ff_load<A>(x[d]) - mean;
+    s += c * c;
+  }
+  for (int j = 0; j < kLanes; ++j) s += part[j];
+  return s;
+}
+
+template <typename A>
+inline A dot(const A* __restrict__ a, const A* __restrict__ b, int64_t D) {
+  A part[kLanes] = {};
+  int64_t d = 0;
+  for (; d + kLanes <= D; d += kLanes) {
+    for (int j = 0; j < kLanes; ++j) part[j] += a[d + j] * b[d + j];
+  }
+  A s = A(0);
+  for (; d < D; ++d) s += a[d] * b[d];
+  for (int j = 0; j < kLanes; ++j) s += part[j];
+  return s;
+}
+
+template <typename A>
+inline A sum(const A* __restrict__ a, int64_t D) {
+  A part[kLanes] = {};
+  int64_t d = 0;
+  for (; d + kLanes <= D; d += kLanes) {
+    for (int j = 0; j < kLanes; ++j) part[j] += a[d + j];
+  }
+  A s = A(0);
+  for (; d < D; ++d) s += a[d];
+  for (int j = 0; j < kLanes; ++j) s += part[j];
+  return s;
+}
+
+template <typename T, typename A>
+void fwd_rows(const T* x, const A* alpha, const A* beta, const T* residual, T* out, A* mean_out, A* rstd_out,
+              int64_t L, int64_t D, A eps, int64_t begin, int64_t end) {
+  for (int64_t row = begin; row < end; ++row) {
+    const T* __restrict__ xr = x + row * D;
+    const A* __restrict__ al = alpha + (row / L) * D;
+    const A* __restrict__ be = beta + (row / L) * D;
+    T* __restrict__ o = out + row * D;
+    const A mean = row_sum<T, A>(xr, D) / A(D);
+    const A rstd = A(1) / std::sqrt(row_squared_deviation<T, A>(xr, mean, D) / A(D) + eps);
+    if (residual != nullptr) {
+      const T* __restrict__ r = residual + row * D;
+      for (int64_t d = 0; d < D; ++d) {
+        o[d] = ff_store<T>(ff_load<A>(r[d]) + (ff_load<A>(xr[d]) - mean) * rstd * al[d] + be[d]);
+      }
+    } else {
+      for (int64_t d = 0; d < D; ++d) o[d] = ff_store<T>((ff_load<A>(xr[d]) - mean) * rstd * al[d] + be[d]);
+    }
+    mean_out[row] = mean;
+    rstd_out[row] = rstd;
+  }
+}
+
+// Rows [l_begin, l_end) of sample b. P and Q (this task's [D] partials) are accumulated into;
+// xhat and dxhat are [D] scratch rows.
+template <typename T, typename A>
+void bwd_rows(const T* grad_out, const T* x, const A* dxhat_dout, const A* mean, const A* rstd, T* grad_x, A* P,
+              A* Q, A* xhat, A* dxhat, int64_t L, int64_t D, int64_t b, int64_t l_begin, int64_t l_end) {
+  const A* __restrict__ k = dxhat_dout + b * D;
+  A* __restrict__ p = P;
+  A* __restrict__ q = Q;
+  A* __restrict__ xh = xhat;
+  A* __restrict__ dxh = dxhat;
+  for (int64_t l = l_begin; l < l_end; ++l) {
+    const int64_t row = b * L + l;
+    const A m = mean[row], r = rstd[row];
+    const T* __restrict__ xr = x + row * D;
+    const T* __restrict__ g = grad_out + row * D;
+    for (int64_t d = 0; d < D; ++d) {
+      const A gd = ff_load<A>(g[d]);
+      const A xd = (ff_load<A>(xr[d]) - m) * r;
+      p[d] += gd * xd;
+      q[d] += gd;
+      xh[d] = xd;
+      dxh[d] = gd * k[d];
+    }
+    // LayerNorm's backward: project out the mean and the xhat direction.
+    const A mean_dxhat = sum<A>(dxh, D) / A(D);
+    const A mean_dxhat_xhat = dot<A>(dxh, xh, D) / A(D);
+    T* __restrict__ gx = grad_x + row * D;
+    for (int64_t d = 0; d < D; ++d) gx[d] = ff_store<T>((dxh[d] - mean_dxhat - xh[d] * mean_dxhat_xhat) * r);
+  }
+}
+
+at::ScalarType acc_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+void check_x(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.device().is_cpu(), "adaln_modulate (cpu): ", name, " must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.dim() == 3, "adaln_modulate: ", name, " must be [B, L, D], got ", x.sizes());
+  const auto t = x.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
+              "adaln_modulate: ", name, " must be float32/float64/float16/bfloat16, got ", t);
+}
+
+// A [B, D] or [D] parameter in the accumulation dtype, checked against x's shape.
+at::Tensor param(const at::Tensor& t, const at::Tensor& x, bool per_sample, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "adaln_modulate (cpu): ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "adaln_modulate: ", name, " must be floating point, got ",
+              t.scalar_type());
+  if (per_sample) {
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == x.size(0) && t.size(1) == x.size(2), "adaln_modulate: ", name,
+                " must be [B, D] = [", x.size(0), ", ", x.size(2), "], got ", t.sizes());
+  } else {
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == x.size(2), "adaln_modulate: ", name, " must be [D] = [", x.size(2),
+                "], got ", t.sizes());
+  }
+  return t.to(acc_dtype(x));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate_fwd_cpu(
+    const at::Tensor& x_in, const at::Tensor& shift, const at::Tensor& scale, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& gate,
+    const std::optional<at::Tensor>& residual_in, double eps) {
+  check_x(x_in, "x");
+  const at::Tensor x = x_in.contiguous();
+  const int64_t B = x.size(0), L = x.size(1), D = x.size(2);
+  TORCH_CHECK(D > 0, "adaln_modulate: x must have D >= 1, got ", x.sizes());
+  at::Tensor one_plus_scale = param(scale, x, true, "scale") + 1;
+  at::Tensor alpha = one_plus_scale;
+  at::Tensor beta = param(shift, x, true, "shift");
+  if (weight.has_value()) alpha = alpha * param(*weight, x, false, "weight");
+  if (bias.has_value()) beta = beta + one_plus_scale * param(*bias, x, false, "bias");
+  if (gate.has_value()) {
+    const at::Tensor g = param(*gate, x, true, "gate");
+    alpha = alpha * g;
+    beta = beta * g;
+  }
+  alpha = alpha.contiguous();
+  beta = beta.contiguous();
+  at::Tensor residual;
+  if (residual_in.has_value()) {
+    TORCH_CHECK(residual_in->sizes() == x.sizes() && residual_in->scalar_type() == x.scalar_type(),
+                "adaln_modulate: residual must match x in shape and dtype, got ", residual_in->sizes(), " ",
+                residual_in->scalar_type());
+    TORCH_CHECK(residual_in->device().is_cpu(), "adaln_modulate (cpu): residual must be a CPU tensor");
+    residual = residual_in->contiguous();
+  }
+
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor mean = at::empty({B, L}, x.options().dtype(acc_dtype(x)));
+  at::Tensor rstd = at::empty({B, L}, x.options().dtype(acc_dtype(x)));
+  const int64_t rows = B * L;
+  if (rows == 0) return std::make_tuple(out, mean, rstd);
+  const int64_t grain = std::max<int64_t>(1, 16384 / D);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adaln_modulate_fwd_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* rp = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
+    const A* al = alpha.const_data_ptr<A>();
+    const A* be = beta.const_data_ptr<A>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    A* mp = mean.mutable_data_ptr<A>();
+    A* sp = rstd.mutable_data_ptr<A>();
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      fwd_rows<scalar_t, A>(xp, al, be, rp, op, mp, sp, L, D, static_cast<A>(eps), begin, end);
+    });
+  });
+  return std::make_tuple(out, mean, rstd);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate_bwd_cpu(
+    const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& scale,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& gate, const at::Tensor& mean_in,
+    const at::Tensor& rstd_in) {
+  check_x(x_in, "x");
+  const at::Tensor x = x_in.contiguous();
+  const int64_t B = x.size(0), L = x.size(1), D = x.size(2);
+  TORCH_CHECK(grad_out_in.sizes() == x.sizes(), "adaln_modulate: grad_out must have shape ", x.sizes(), ", got ",
+              grad_out_in.sizes());
+  TORCH_CHECK(grad_out_in.device().is_cpu(), "adaln_modulate (cpu): grad_out must be a CPU tensor");
+  const at::ScalarType adt = acc_dtype(x);
+  TORCH_CHECK(mean_in.numel() == B * L && rstd_in.numel() == B * L,
+              "adaln_modulate: mean and rstd must hold B * L = ", B * L, " values");
+  const at::Tensor grad_out = grad_out_in.to(x.scalar_type()).contiguous();
+  const at::Tensor mean = mean_in.to(adt).contiguous();
+  const at::Tensor rstd = rstd_in.to(adt).contiguous();
+  at::Tensor dxhat_dout = param(scale, x, true, "scale") + 1;
+  if (weight.has_value()) dxhat_dout = dxhat_dout * param(*weight, x, false, "weight");
+  if (gate.has_value()) dxhat_dout = dxhat_dout * param(*gate, x, true, "gate");
+  dxhat_dout = dxhat_dout.contiguous();
+
+  at::Tensor grad_x = at::empty_like(x, at::MemoryFormat::Contiguous);
+  if (B * L == 0) {
+    return std::make_tuple(grad_x, at::zeros({B, D}, x.options().dtype(adt)), at::zeros({B, D}, x.options().dtype(adt)));
+  }
+  // Tasks are (sample, chunk of rows) pairs, each with its own [D] partial sums: no atomics.
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t n_chunks = std::min<int64_t>(L, std::max<int64_t>(1, (4 * threads + B - 1) / B));
+  at::Tensor partial_p = at::zeros({B, n_chunks, D}, x.options().dtype(adt));
+  at::Tensor partial_q = at::zeros({B, n_chunks, D}, x.options().dtype(adt));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adaln_modulate_bwd_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* gop = grad_out.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const A* kp = dxhat_dout.const_data_ptr<A>();
+    const A* mp = mean.const_data_ptr<A>();
+    const A* sp = rstd.const_data_ptr<A>();
+    scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
+    A* pp = partial_p.mutable_data_ptr<A>();
+    A* qp = partial_q.mutable_data_ptr<A>();
+    at::parallel_for(0, B * n_chunks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<A> scratch(static_cast<size_t>(2 * D));
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / n_chunks, chunk = task % n_chunks;
+        bwd_rows<scalar_t, A>(gop, xp, kp, mp, sp, gxp, pp + task * D, qp + task * D, scratch.data(),
+                              scratch.data() + D, L, D, b, L * chunk / n_chunks, L * (chunk + 1) / n_chunks);
+      }
+    });
+  });
+  return std::make_tuple(grad_x, partial_p.sum(1), partial_q.sum(1));
+}
+
+}  // namespace
+}  // namespace fastfields
+
+TORCH_LIBRARY_FRAGMENT(fastfields_cpu, m) {
+  m.def(
+      "adaln_modulate_fwd(Tensor x, Tensor shift, Tensor scale, Tensor? weight, Tensor? bias, Tensor? gate, "
+      "Tensor? residual, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "adaln_modulate_bwd(Tensor grad_out, Tensor x, Tensor scale, Tensor? weight, Tensor? gate, Tensor mean, "
+      "Tensor rstd) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fastfields_cpu, CPU, m) {
+  m.impl("adaln_modulate_fwd", TORCH_FN(fastfields::adaln_modulate_fwd_cpu));
+  m.impl("adaln_modulate_bwd", TORCH_FN(fastfields::adaln_modulate_bwd_cpu));
+}
