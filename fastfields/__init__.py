@@ -9,7 +9,20 @@ __version__ = "0.1.0"
 
 from ._backend import BACKENDS, BackendUnavailable, backends
 from ._build import BuildError
-from .ops import EG3D_AXES, LRM_AXES, XYZ_AXES, adaln_modulate, attention, planes_channels_last, triplane_sample
+from .ops import (
+    EG3D_AXES,
+    LRM_AXES,
+    TENSORF_MAT_MODE,
+    TENSORF_VEC_MODE,
+    TENSORF_VM,
+    XYZ_AXES,
+    ZERORF_VM,
+    adaln_modulate,
+    attention,
+    planes_channels_last,
+    tensorf_vm_sample,
+    triplane_sample,
+)
 from . import nn, rendering
 
 __all__ = [
@@ -18,12 +31,17 @@ __all__ = [
     "BuildError",
     "EG3D_AXES",
     "LRM_AXES",
+    "TENSORF_MAT_MODE",
+    "TENSORF_VEC_MODE",
+    "TENSORF_VM",
     "XYZ_AXES",
+    "ZERORF_VM",
     "adaln_modulate",
     "attention",
     "backends",
     "nn",
     "planes_channels_last",
     "rendering",
+    "tensorf_vm_sample",
     "triplane_sample",
 ]

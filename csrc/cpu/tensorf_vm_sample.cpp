@@ -1,0 +1,621 @@
+// tensorf_vm_sample: OpenMP CPU kernels, torch-facing checks, and op registration
+// (namespace fastfields_cpu). The per-element math is shared with the CUDA kernels via
+// fastfields/tensorf_vm_sample.h.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "fastfields/tensorf_vm_sample.h"
+
+namespace fastfields {
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// Component rows. A plane is read at component stride sR (1 for channels-last planes, the
+// vectorisable case, selected by CL); lines are always the kernels' own channels-last
+// [L, R] copies in the accumulation dtype, so a line tap is one contiguous row.
+// ---------------------------------------------------------------------------------------
+
+template <bool CL>
+inline int64_t comp(int64_t r, int64_t sR) {
+  return CL ? r : r * sR;
+}
+
+// f[r] = plane value of component r.
+template <bool CL, typename T, typename A>
+inline void plane_row(A* __restrict__ f, const T* __restrict__ plane, const PlaneTaps<A>& t, int64_t R,
+                      int64_t sR) {
+  if (t.mask == 0xFu) {
+    const T* __restrict__ p0 = plane + t.off[0];
+    const T* __restrict__ p1 = plane + t.off[1];
+    const T* __restrict__ p2 = plane + t.off[2];
+    const T* __restrict__ p3 = plane + t.off[3];
+    const A w0 = t.w[0], w1 = t.w[1], w2 = t.w[2], w3 = t.w[3];
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t o = comp<CL>(r, sR);
+      f[r] = w0 * ff_load<A>(p0[o]) + w1 * ff_load<A>(p1[o]) + w2 * ff_load<A>(p2[o]) + w3 * ff_load<A>(p3[o]);
+    }
+    return;
+  }
+  for (int64_t r = 0; r < R; ++r) f[r] = A(0);
+  for (int c = 0; c < 4; ++c) {
+    if (!(t.mask & (1u << c))) continue;
+    const T* __restrict__ q = plane + t.off[c];
+    const A w = t.w[c];
+    for (int64_t r = 0; r < R; ++r) f[r] += w * ff_load<A>(q[comp<CL>(r, sR)]);
+  }
+}
+
+// l[r] = line value of component r.
+template <typename A>
+inline void line_row(A* __restrict__ l, const A* __restrict__ line, const LineTaps<A>& t, int64_t R) {
+  const A* __restrict__ q0 = line + t.off[0];
+  const A* __restrict__ q1 = line + t.off[1];
+  const A w0 = t.w[0], w1 = t.w[1];
+  switch (t.mask) {
+    case 3u:
+      for (int64_t r = 0; r < R; ++r) l[r] = w0 * q0[r] + w1 * q1[r];
+      break;
+    case 1u:
+      for (int64_t r = 0; r < R; ++r) l[r] = w0 * q0[r];
+      break;
+    case 2u:
+      for (int64_t r = 0; r < R; ++r) l[r] = w1 * q1[r];
+      break;
+    default:
+      for (int64_t r = 0; r < R; ++r) l[r] = A(0);
+  }
+}
+
+// prod[r] = plane value * line value of component r; one fused pass when every tap is inside.
+template <bool CL, typename T, typename A>
+inline void product_row(A* __restrict__ prod, A* __restrict__ scratch, const T* __restrict__ plane,
+                        const PlaneTaps<A>& t, int64_t sR, const A* __restrict__ line, const LineTaps<A>& lt,
+                        int64_t R) {
+  if (t.mask == 0xFu && lt.mask == 3u) {
+    const T* __restrict__ p0 = plane + t.off[0];
+    const T* __restrict__ p1 = plane + t.off[1];
+    const T* __restrict__ p2 = plane + t.off[2];
+    const T* __restrict__ p3 = plane + t.off[3];
+    const A* __restrict__ q0 = line + lt.off[0];
+    const A* __restrict__ q1 = line + lt.off[1];
+    const A w0 = t.w[0], w1 = t.w[1], w2 = t.w[2], w3 = t.w[3];
+    const A lw0 = lt.w[0], lw1 = lt.w[1];
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t o = comp<CL>(r, sR);
+      const A f = w0 * ff_load<A>(p0[o]) + w1 * ff_load<A>(p1[o]) + w2 * ff_load<A>(p2[o]) + w3 * ff_load<A>(p3[o]);
+      prod[r] = f * (lw0 * q0[r] + lw1 * q1[r]);
+    }
+    return;
+  }
+  plane_row<CL>(prod, plane, t, R, sR);
+  line_row<A>(scratch, line, lt, R);
+  for (int64_t r = 0; r < R; ++r) prod[r] *= scratch[r];
+}
+
+// sum_r a[r] * b[r], with 8 partial sums so the loop vectorises without -ffast-math.
+template <typename A, typename B>
+inline A dot(const A* __restrict__ a, const B* __restrict__ b, int64_t R, int64_t sB) {
+  constexpr int kLanes = 8;
+  A part[kLanes];
+  for (int j = 0; j < kLanes; ++j) part[j] = A(0);
+  int64_t r = 0;
+  if (sB == 1) {
+    for (; r + kLanes <= R; r += kLanes) {
+      for (int j = 0; j < kLanes; ++j) part[j] += a[r + j] * ff_load<A>(b[r + j]);
+    }
+  }
+  A s = A(0);
+  for (; r < R; ++r) s += a[r] * ff_load<A>(b[r * sB]);
+  for (int j = 0; j < kLanes; ++j) s += part[j];
+  return s;
+}
+
+template <typename A>
+inline A sum_row(const A* __restrict__ a, int64_t R) {
+  constexpr int kLanes = 8;
+  A part[kLanes];
+  for (int j = 0; j < kLanes; ++j) part[j] = A(0);
+  int64_t r = 0;
+  for (; r + kLanes <= R; r += kLanes) {
+    for (int j = 0; j < kLanes; ++j) part[j] += a[r + j];
+  }
+  A s = A(0);
+  for (; r < R; ++r) s += a[r];
+  for (int j = 0; j < kLanes; ++j) s += part[j];
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-point taps with software prefetch: the taps of point i + kLookahead are computed (and
+// their plane rows prefetched) while point i is processed, so the random plane reads of
+// several points are in flight at once.
+// ---------------------------------------------------------------------------------------
+
+constexpr int kLookahead = 4;
+
+template <typename A>
+struct PointTaps {
+  PlaneTaps<A> plane[3];
+  LineTaps<A> line[3];
+  bool ok;
+};
+
+template <typename A>
+inline void prepare_point(const VmSampleParams& p, const A* xyz, int64_t n, PointTaps<A>& q) {
+  A pt[3];
+  q.ok = vm_load_point<A>(xyz, p, n, pt);
+  if (!q.ok) return;
+  for (int k = 0; k < 3; ++k) {
+    q.plane[k] = vm_plane_taps<A>(vm_pick(pt, p.mat_mode[2 * k]), vm_pick(pt, p.mat_mode[2 * k + 1]), p, k);
+    q.line[k] = vm_line_taps<A>(vm_pick(pt, p.vec_mode[k]), p, k);
+  }
+}
+
+template <int kWrite = 0>
+inline void prefetch_bytes(const void* ptr, int64_t bytes) {
+  const char* c = static_cast<const char*>(ptr);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, kWrite);
+  __builtin_prefetch(c + bytes - 1, kWrite);
+}
+
+// Channels-last: one contiguous run of R values per corner, and the x0 / x1 corners of a row
+// are adjacent. Otherwise one element per component of the x0 corners (x1 usually shares
+// their cache line).
+template <typename T, typename A>
+inline void prefetch_planes(const VmSampleParams& p, const T* const planes[3], const PointTaps<A>& q) {
+  if (!q.ok) return;
+  for (int k = 0; k < 3; ++k) {
+    const PlaneTaps<A>& t = q.plane[k];
+    const int64_t R = p.R[k], sR = p.plane_strides[k][0];
+    for (int c = 0; c < 4; ++c) {
+      if (!(t.mask & (1u << c)) || ((c & 1) && (t.mask & (1u << (c - 1))))) continue;
+      const T* base = planes[k] + t.off[c];
+      if (sR == 1) {
+        const bool pair = !(c & 1) && (t.mask & (1u << (c + 1)));
+        prefetch_bytes(base, (pair ? R + p.plane_strides[k][2] : R) * int64_t(sizeof(T)));
+      } else {
+        for (int64_t r = 0; r < R; ++r) __builtin_prefetch(base + r * sR);
+      }
+    }
+  }
+}
+
+// Where one thread accumulates plane and line gradients: zeroed channels-last buffers
+// plane k [H_k, W_k, R_k] and line k [L_k, R_k] (null when not needed).
+template <typename A>
+struct GradBuffers {
+  A* plane[3];
+  A* line[3];
+};
+
+// Prefetch, for writing, the gradient rows a point's plane corners update (the x0 and x1
+// corners of a row are adjacent).
+template <typename A>
+inline void prefetch_grad_rows(const VmSampleParams& p, const GradBuffers<A>& gb, const PointTaps<A>& q) {
+  if (!q.ok) return;
+  for (int k = 0; k < 3; ++k) {
+    if (gb.plane[k] == nullptr) continue;
+    const PlaneTaps<A>& t = q.plane[k];
+    for (int c = 0; c < 4; c += 2) {
+      const unsigned row = (t.mask >> c) & 3u;
+      if (!row) continue;
+      const int64_t x = (row & 1u) ? t.x0 : t.x0 + 1;
+      const A* dst = gb.plane[k] + ((t.y0 + triplane_corner_dy(c)) * p.W[k] + x) * p.R[k];
+      prefetch_bytes<1>(dst, (row == 3u ? 2 : 1) * p.R[k] * int64_t(sizeof(A)));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------
+
+template <typename T, typename A>
+void fwd_points(const VmSampleParams& p, const T* const planes[3], const A* const lines[3], const A* xyz, T* out,
+                int64_t begin, int64_t end) {
+  const int64_t max_R = std::max({p.R[0], p.R[1], p.R[2]});
+  std::vector<A> buf(static_cast<size_t>(2 * max_R));
+  A* prod = buf.data();
+  A* scratch = prod + max_R;
+  PointTaps<A> ring[kLookahead];
+  for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) {
+    prepare_point<A>(p, xyz, i, ring[(i - begin) % kLookahead]);
+    prefetch_planes<T, A>(p, planes, ring[(i - begin) % kLookahead]);
+  }
+  for (int64_t n = begin; n < end; ++n) {
+    PointTaps<A>& slot = ring[(n - begin) % kLookahead];
+    const PointTaps<A> q = slot;
+    if (n + kLookahead < end) {
+      prepare_point<A>(p, xyz, n + kLookahead, slot);
+      prefetch_planes<T, A>(p, planes, slot);
+    }
+    const bool concat = p.reduce == kVmConcat;
+    T* __restrict__ o = concat ? out + n * p.total_R : out + n;
+    if (!q.ok) {
+      for (int64_t c = 0; c < (concat ? p.total_R : 1); ++c) o[c] = ff_store<T>(A(0));
+      continue;
+    }
+    A acc = A(0);
+    for (int k = 0; k < 3; ++k) {
+      const int64_t R = p.R[k], sR = p.plane_strides[k][0];
+      if (sR == 1) {
+        product_row<true>(prod, scratch, planes[k], q.plane[k], sR, lines[k], q.line[k], R);
+      } else {
+        product_row<false>(prod, scratch, planes[k], q.plane[k], sR, lines[k], q.line[k], R);
+      }
+      if (concat) {
+        T* __restrict__ row = o + p.offset[k];
+        for (int64_t r = 0; r < R; ++r) row[r] = ff_store<T>(prod[r]);
+      } else {
+        acc += sum_row<A>(prod, R);
+      }
+    }
+    if (!concat) o[0] = ff_store<T>(acc);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------------------
+
+// Gradients of pair k for one point, given the upstream gradient g[r] of each component.
+template <bool CL, typename T, typename A>
+inline void pair_backward(const VmSampleParams& p, int k, const T* __restrict__ plane, const A* __restrict__ line,
+                          const PlaneTaps<A>& t, const LineTaps<A>& lt, const A* __restrict__ g,
+                          A* __restrict__ work, const GradBuffers<A>& gb, bool need_xyz, A dxyz[3]) {
+  const int64_t R = p.R[k], sR = p.plane_strides[k][0];
+  A* __restrict__ g_plane = work;         // d loss / d plane value = g * line value
+  A* __restrict__ g_line = work + R;      // d loss / d line value = g * plane value
+  A* __restrict__ values = work + 2 * R;  // line values, then plane values
+  line_row<A>(values, line, lt, R);
+  for (int64_t r = 0; r < R; ++r) g_plane[r] = g[r] * values[r];
+  if (gb.plane[k] != nullptr) {
+    A* plane_grad = gb.plane[k];
+    for (int c = 0; c < 4; ++c) {
+      if (!(t.mask & (1u << c))) continue;
+      A* __restrict__ dst =
+          plane_grad + ((t.y0 + triplane_corner_dy(c)) * p.W[k] + (t.x0 + triplane_corner_dx(c))) * R;
+      const A w = t.w[c];
+      for (int64_t r = 0; r < R; ++r) dst[r] += w * g_plane[r];
+    }
+  }
+  const bool need_line_grad = gb.line[k] != nullptr;
+  if (need_line_grad || need_xyz) {
+    plane_row<CL>(values, plane, t, R, sR);
+    for (int64_t r = 0; r < R; ++r) g_line[r] = g[r] * values[r];
+  }
+  if (need_line_grad) {
+    for (int j = 0; j < 2; ++j) {
+      if (!(lt.mask & (1u << j))) continue;
+      A* __restrict__ dst = gb.line[k] + (lt.l0 + j) * R;
+      const A w = lt.w[j];
+      for (int64_t r = 0; r < R; ++r) dst[r] += w * g_line[r];
+    }
+  }
+  if (need_xyz) {
+    A du = A(0), dv = A(0), dw = A(0);
+    for (int c = 0; c < 4; ++c) {
+      if (!(t.mask & (1u << c))) continue;
+      const A s = dot<A>(g_plane, plane + t.off[c], R, sR);
+      du += t.dwu[c] * s;
+      dv += t.dwv[c] * s;
+    }
+    for (int j = 0; j < 2; ++j) {
+      if (lt.mask & (1u << j)) dw += lt.dw[j] * dot<A>(g_line, line + lt.off[j], R, 1);
+    }
+    vm_add_to_axis(dxyz, p.mat_mode[2 * k], du);
+    vm_add_to_axis(dxyz, p.mat_mode[2 * k + 1], dv);
+    vm_add_to_axis(dxyz, p.vec_mode[k], dw);
+  }
+}
+
+// Processes points [begin, end); gxyz (may be null) is [N, 3].
+template <typename T, typename A>
+void bwd_points(const VmSampleParams& p, const T* grad_out, int64_t g_sN, int64_t g_sR, const T* const planes[3],
+                const A* const lines[3], const A* xyz, const GradBuffers<A>& gb, A* gxyz, int64_t begin,
+                int64_t end) {
+  const int64_t max_R = std::max({p.R[0], p.R[1], p.R[2]});
+  std::vector<A> buf(static_cast<size_t>(4 * max_R));
+  A* g = buf.data();
+  A* work = g + max_R;
+  const bool need_values = gxyz != nullptr || gb.line[0] != nullptr;
+  PointTaps<A> ring[kLookahead];
+  auto prepare = [&](int64_t i, PointTaps<A>& q) {
+    prepare_point<A>(p, xyz, i, q);
+    if (need_values) prefetch_planes<T, A>(p, planes, q);
+    prefetch_grad_rows<A>(p, gb, q);
+  };
+  for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) {
+    prepare(i, ring[(i - begin) % kLookahead]);
+  }
+  for (int64_t n = begin; n < end; ++n) {
+    PointTaps<A>& slot = ring[(n - begin) % kLookahead];
+    const PointTaps<A> q = slot;
+    if (n + kLookahead < end) prepare(n + kLookahead, slot);
+    A dxyz[3] = {A(0), A(0), A(0)};
+    if (q.ok) {
+      const T* go = grad_out + n * g_sN;
+      for (int k = 0; k < 3; ++k) {
+        const int64_t R = p.R[k];
+        if (p.reduce == kVmSum) {
+          const A gs = ff_load<A>(go[0]);
+          for (int64_t r = 0; r < R; ++r) g[r] = gs;
+        } else {
+          const T* gk = go + p.offset[k] * g_sR;
+          for (int64_t r = 0; r < R; ++r) g[r] = ff_load<A>(gk[r * g_sR]);
+        }
+        if (p.plane_strides[k][0] == 1) {
+          pair_backward<true>(p, k, planes[k], lines[k], q.plane[k], q.line[k], g, work, gb, gxyz != nullptr, dxyz);
+        } else {
+          pair_backward<false>(p, k, planes[k], lines[k], q.plane[k], q.line[k], g, work, gb, gxyz != nullptr, dxyz);
+        }
+      }
+    }
+    if (gxyz) {
+      gxyz[n * 3] = dxyz[0];
+      gxyz[n * 3 + 1] = dxyz[1];
+      gxyz[n * 3 + 2] = dxyz[2];
+    }
+  }
+}
+
+// dst (any strides, [R, H, W] or [R, L]) = sum over slots of channels-last sources
+// [rows, R] at src + s * slot_stride. Rows are walked in blocks so both sides stay in cache.
+template <typename T, typename A>
+void sum_slots_into(const at::Tensor& dst, const A* src, int64_t slots, int64_t slot_stride) {
+  const int64_t R = dst.size(0);
+  const int64_t rows = dst.numel() / std::max<int64_t>(1, R);
+  const int64_t sR = dst.stride(0);
+  // A row index of the source is h * W + w for planes and l for lines.
+  const int64_t W = dst.dim() == 3 ? dst.size(2) : rows;
+  const int64_t sH = dst.dim() == 3 ? dst.stride(1) : 0;
+  const int64_t sW = dst.stride(dst.dim() - 1);
+  T* out = dst.mutable_data_ptr<T>();
+  constexpr int64_t kBlock = 16;
+  at::parallel_for(0, (rows + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t row0 = b * kBlock;
+      const int64_t row1 = std::min(rows, row0 + kBlock);
+      for (int64_t r = 0; r < R; ++r) {
+        for (int64_t row = row0; row < row1; ++row) {
+          A s = src[row * R + r];
+          for (int64_t slot = 1; slot < slots; ++slot) s += src[slot * slot_stride + row * R + r];
+          out[r * sR + (row / W) * sH + (row % W) * sW] = ff_store<T>(s);
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Torch-facing checks and dispatch
+// ---------------------------------------------------------------------------------------
+
+constexpr int64_t kPointGrain = 256;
+
+VmSampleParams make_params(at::TensorList planes, at::TensorList lines, const at::Tensor& xyz,
+                           at::IntArrayRef mat_mode, at::IntArrayRef vec_mode, int64_t reduce, bool align_corners,
+                           int64_t padding) {
+  TORCH_CHECK(planes.size() == 3, "tensorf_vm_sample: expected 3 planes, got ", planes.size());
+  TORCH_CHECK(lines.size() == 3, "tensorf_vm_sample: expected 3 lines, got ", lines.size());
+  TORCH_CHECK(xyz.dim() == 2 && xyz.size(1) == 3, "tensorf_vm_sample: xyz must be [N, 3], got ", xyz.sizes());
+  TORCH_CHECK(at::isFloatingType(xyz.scalar_type()), "tensorf_vm_sample: xyz must be a floating-point tensor, got ",
+              xyz.scalar_type());
+  const auto dt = planes[0].scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+              "tensorf_vm_sample: planes must be float32/float64/float16/bfloat16, got ", dt);
+  TORCH_CHECK(mat_mode.size() == 6, "tensorf_vm_sample: mat_mode must hold 6 entries (3 planes x (u, v)), got ",
+              mat_mode.size());
+  TORCH_CHECK(vec_mode.size() == 3, "tensorf_vm_sample: vec_mode must hold 3 entries, got ", vec_mode.size());
+  for (auto a : mat_mode) {
+    TORCH_CHECK(a >= 0 && a < 3, "tensorf_vm_sample: mat_mode entries must be 0, 1 or 2, got ", mat_mode);
+  }
+  for (auto a : vec_mode) {
+    TORCH_CHECK(a >= 0 && a < 3, "tensorf_vm_sample: vec_mode entries must be 0, 1 or 2, got ", vec_mode);
+  }
+  TORCH_CHECK(reduce == kVmConcat || reduce == kVmSum, "tensorf_vm_sample: reduce must be 0 (concat) or 1 (sum), got ",
+              reduce);
+  TORCH_CHECK(padding == kPadZeros || padding == kPadBorder,
+              "tensorf_vm_sample: padding must be 0 (zeros) or 1 (border), got ", padding);
+
+  VmSampleParams p{};
+  p.N = xyz.size(0);
+  p.total_R = 0;
+  for (int k = 0; k < 3; ++k) {
+    const at::Tensor& plane = planes[k];
+    const at::Tensor& line = lines[k];
+    TORCH_CHECK(plane.dim() == 3 && plane.numel() > 0, "tensorf_vm_sample: planes[", k,
+                "] must be a non-empty [R, H, W] tensor, got ", plane.sizes());
+    TORCH_CHECK(line.dim() == 2 && line.size(0) == plane.size(0) && line.size(1) > 0, "tensorf_vm_sample: lines[", k,
+                "] must be [R, L] with R = ", plane.size(0), " and L > 0, got ", line.sizes());
+    TORCH_CHECK(plane.scalar_type() == dt && line.scalar_type() == dt, "tensorf_vm_sample: planes[", k, "] and lines[",
+                k, "] must have the dtype of planes[0] (", dt, ")");
+    p.R[k] = plane.size(0);
+    p.H[k] = plane.size(1);
+    p.W[k] = plane.size(2);
+    p.L[k] = line.size(1);
+    p.offset[k] = p.total_R;
+    p.total_R += p.R[k];
+    for (int i = 0; i < 3; ++i) p.plane_strides[k][i] = plane.stride(i);
+    for (int i = 0; i < 2; ++i) p.line_strides[k][i] = line.stride(i);
+    p.mat_mode[2 * k] = static_cast<int>(mat_mode[2 * k]);
+    p.mat_mode[2 * k + 1] = static_cast<int>(mat_mode[2 * k + 1]);
+    p.vec_mode[k] = static_cast<int>(vec_mode[k]);
+  }
+  p.xyz_strides[0] = xyz.stride(0);
+  p.xyz_strides[1] = xyz.stride(1);
+  p.reduce = static_cast<int>(reduce);
+  p.padding = static_cast<int>(padding);
+  p.align_corners = align_corners;
+  return p;
+}
+
+void check_cpu(at::TensorList tensors, const char* what) {
+  for (const auto& t : tensors) {
+    TORCH_CHECK(t.device().is_cpu(), "tensorf_vm_sample (cpu): ", what, " must be CPU tensors, got ", t.device());
+  }
+}
+
+at::ScalarType acc_dtype(at::ScalarType dtype) { return dtype == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The kernels' working copies: xyz in the accumulation dtype (strides honoured), lines as
+// channels-last [L, R] accumulation-dtype buffers (small, so the copy is cheap).
+struct Inputs {
+  at::Tensor xyz;
+  at::Tensor lines[3];
+};
+
+Inputs prepare_inputs(VmSampleParams& p, at::TensorList lines, const at::Tensor& xyz, at::ScalarType adt) {
+  Inputs in;
+  in.xyz = xyz.to(adt);
+  p.xyz_strides[0] = in.xyz.stride(0);
+  p.xyz_strides[1] = in.xyz.stride(1);
+  for (int k = 0; k < 3; ++k) {
+    in.lines[k] = lines[k].to(adt).t().contiguous();
+    p.line_strides[k][0] = 1;
+    p.line_strides[k][1] = p.R[k];
+  }
+  return in;
+}
+
+at::Tensor tensorf_vm_sample_fwd_cpu(at::TensorList planes, at::TensorList lines, const at::Tensor& xyz,
+                                     at::IntArrayRef mat_mode, at::IntArrayRef vec_mode, int64_t reduce,
+                                     bool align_corners, int64_t padding) {
+  check_cpu(planes, "planes");
+  check_cpu(lines, "lines");
+  check_cpu({xyz}, "xyz");
+  VmSampleParams p = make_params(planes, lines, xyz, mat_mode, vec_mode, reduce, align_corners, padding);
+  const at::ScalarType dt = planes[0].scalar_type();
+  const Inputs in = prepare_inputs(p, lines, xyz, acc_dtype(dt));
+  at::Tensor out = p.reduce == kVmSum ? at::empty({p.N}, planes[0].options())
+                                      : at::empty({p.N, p.total_R}, planes[0].options());
+  if (p.N == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "tensorf_vm_sample_fwd_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* plane_ptrs[3];
+    const A* line_ptrs[3];
+    for (int k = 0; k < 3; ++k) {
+      plane_ptrs[k] = planes[k].const_data_ptr<scalar_t>();
+      line_ptrs[k] = in.lines[k].const_data_ptr<A>();
+    }
+    const A* xp = in.xyz.const_data_ptr<A>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, p.N, kPointGrain, [&](int64_t begin, int64_t end) {
+      fwd_points<scalar_t, A>(p, plane_ptrs, line_ptrs, xp, op, begin, end);
+    });
+  });
+  return out;
+}
+
+std::vector<at::Tensor> tensorf_vm_sample_bwd_cpu(const at::Tensor& grad_out, at::TensorList planes,
+                                                  at::TensorList lines, const at::Tensor& xyz,
+                                                  at::IntArrayRef mat_mode, at::IntArrayRef vec_mode, int64_t reduce,
+                                                  bool align_corners, int64_t padding, bool need_planes,
+                                                  bool need_lines, bool need_xyz) {
+  check_cpu(planes, "planes");
+  check_cpu(lines, "lines");
+  check_cpu({xyz, grad_out}, "xyz and grad_out");
+  VmSampleParams p = make_params(planes, lines, xyz, mat_mode, vec_mode, reduce, align_corners, padding);
+  const std::vector<int64_t> expected =
+      p.reduce == kVmSum ? std::vector<int64_t>{p.N} : std::vector<int64_t>{p.N, p.total_R};
+  TORCH_CHECK(grad_out.sizes().equals(expected), "tensorf_vm_sample: grad_out must have shape ",
+              at::IntArrayRef(expected), ", got ", grad_out.sizes());
+  const at::ScalarType dt = planes[0].scalar_type();
+  const at::ScalarType adt = acc_dtype(dt);
+  const Inputs in = prepare_inputs(p, lines, xyz, adt);
+  const at::Tensor go = grad_out.to(dt);
+  const int64_t g_sN = go.stride(0), g_sR = p.reduce == kVmSum ? 0 : go.stride(1);
+
+  // Results in the layout of their inputs (so no copy follows); unrequested ones are empty.
+  std::vector<at::Tensor> grads(7);
+  for (int k = 0; k < 3; ++k) {
+    grads[k] = need_planes ? at::empty_like(planes[k]) : at::empty({0}, planes[k].options());
+    grads[3 + k] = need_lines ? at::empty_like(lines[k]) : at::empty({0}, lines[k].options());
+  }
+  at::Tensor gxyz_a = need_xyz ? at::empty({p.N, 3}, in.xyz.options()) : at::Tensor();
+
+  // One scratch buffer per slot: channels-last plane gradients, then line gradients.
+  int64_t seg[7] = {0};
+  for (int k = 0; k < 3; ++k) {
+    seg[k + 1] = seg[k] + (need_planes ? p.H[k] * p.W[k] * p.R[k] : 0);
+  }
+  for (int k = 0; k < 3; ++k) seg[k + 4] = seg[k + 3] + (need_lines ? p.L[k] * p.R[k] : 0);
+  const int64_t elems = seg[6];
+
+  // Slots: per-thread accumulation buffers, each owned by one thread for a contiguous range
+  // of points, summed at the end (no atomics). Fewer when the buffers would cost more than the
+  // work they parallelise, or take too much memory.
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t work = p.N * p.total_R * ((need_planes ? 4 : 0) + (need_lines ? 2 : 0));
+  int64_t slots = std::min<int64_t>(threads, std::max<int64_t>(1, work / std::max<int64_t>(1, 2 * elems)));
+  constexpr int64_t kMaxScratchBytes = int64_t(1) << 30;
+  const int64_t slot_bytes = std::max<int64_t>(1, elems * int64_t(at::elementSize(adt)));
+  slots = std::max<int64_t>(1, std::min({slots, kMaxScratchBytes / slot_bytes, p.N}));
+  at::Tensor scratch = at::empty({elems > 0 ? slots : 0, elems}, in.xyz.options());
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "tensorf_vm_sample_bwd_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* plane_ptrs[3];
+    const A* line_ptrs[3];
+    for (int k = 0; k < 3; ++k) {
+      plane_ptrs[k] = planes[k].const_data_ptr<scalar_t>();
+      line_ptrs[k] = in.lines[k].const_data_ptr<A>();
+    }
+    const A* xp = in.xyz.const_data_ptr<A>();
+    const scalar_t* gop = go.const_data_ptr<scalar_t>();
+    A* gx = need_xyz ? gxyz_a.mutable_data_ptr<A>() : nullptr;
+    if (elems == 0) {  // only xyz: every point is independent
+      const GradBuffers<A> none{{nullptr, nullptr, nullptr}, {nullptr, nullptr, nullptr}};
+      at::parallel_for(0, p.N, kPointGrain, [&](int64_t begin, int64_t end) {
+        bwd_points<scalar_t, A>(p, gop, g_sN, g_sR, plane_ptrs, line_ptrs, xp, none, gx, begin, end);
+      });
+      return;
+    }
+    A* scratch_p = scratch.mutable_data_ptr<A>();
+    const int64_t slot_stride = elems;
+    at::parallel_for(0, slots, 1, [&](int64_t s0, int64_t s1) {
+      for (int64_t s = s0; s < s1; ++s) {
+        A* buf = scratch_p + s * slot_stride;
+        std::memset(buf, 0, sizeof(A) * static_cast<size_t>(elems));
+        GradBuffers<A> gb;
+        for (int k = 0; k < 3; ++k) {
+          gb.plane[k] = need_planes ? buf + seg[k] : nullptr;
+          gb.line[k] = need_lines ? buf + seg[3 + k] : nullptr;
+        }
+        bwd_points<scalar_t, A>(p, gop, g_sN, g_sR, plane_ptrs, line_ptrs, xp, gb, gx, p.N * s / slots,
+                                p.N * (s + 1) / slots);
+      }
+    });
+    for (int k = 0; k < 3; ++k) {
+      if (need_planes) sum_slots_into<scalar_t, A>(grads[k], scratch_p + seg[k], slots, slot_stride);
+      if (need_lines) sum_slots_into<scalar_t, A>(grads[3 + k], scratch_p + seg[3 + k], slots, slot_stride);
+    }
+  });
+  grads[6] = need_xyz ? gxyz_a.to(xyz.scalar_type()) : at::empty({0}, xyz.options());
+  return grads;
+}
+
+}  // namespace
+}  // namespace fastfields
+
+TORCH_LIBRARY_FRAGMENT(fastfields_cpu, m) {
+  m.def(
+      "tensorf_vm_sample_fwd(Tensor[] planes, Tensor[] lines, Tensor xyz, int[] mat_mode, int[] vec_mode, int reduce, "
+      "bool align_corners, int padding) -> Tensor");
+  m.def(
+      "tensorf_vm_sample_bwd(Tensor grad_out, Tensor[] planes, Tensor[] lines, Tensor xyz, int[] mat_mode, "
+      "int[] vec_mode, int reduce, bool align_corners, int padding, bool need_planes, bool need_lines, "
+      "bool need_xyz) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(fastfields_cpu, CPU, m) {
+  m.impl("tensorf_vm_sample_fwd", TORCH_FN(fastfields::tensorf_vm_sample_fwd_cpu));
+  m.impl("tensorf_vm_sample_bwd", TORCH_FN(fastfields::tensorf_vm_sample_bwd_cpu));
+}
