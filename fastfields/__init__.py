@@ -22,6 +22,8 @@ from .ops import (
     planes_channels_last,
     tensorf_vm_sample,
     triplane_sample,
+    volume_channels_last,
+    voxel_sample,
 )
 from . import nn, rendering
 
@@ -44,4 +46,6 @@ __all__ = [
     "rendering",
     "tensorf_vm_sample",
     "triplane_sample",
+    "volume_channels_last",
+    "voxel_sample",
 ]

@@ -1,0 +1,406 @@
+// voxel_sample: OpenMP CPU kernels, torch-facing checks, and op registration
+// (namespace fastfields_cpu). The per-element math is shared with the CUDA kernels via
+// fastfields/voxel_sample.h.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <tuple>
+#include <type_traits>
+
+#include "fastfields/voxel_sample.h"
+
+namespace fastfields {
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// Per-point taps with software prefetch. Points are processed in order; the taps of point
+// i + kLookahead are computed (and their volume rows prefetched) while point i is
+// processed, so the random volume reads of several points are in flight at once. A point
+// with a non-finite coordinate gets an empty corner mask: it reads zeros and scatters
+// nothing.
+// ---------------------------------------------------------------------------------------
+
+constexpr int kLookahead = 4;
+
+// CL = channels-last volume (stride_C == 1): contiguous, vectorisable channel loops.
+template <bool CL>
+inline int64_t chan(int64_t c, int64_t sC) {
+  return CL ? c : c * sC;
+}
+
+template <typename A>
+struct PointTaps {
+  VoxelTaps<A> t;
+  int64_t b, n;
+};
+
+template <typename A>
+inline void prepare_point(const VoxelSampleParams& p, const A* xyz, int64_t idx, PointTaps<A>& q) {
+  q.b = idx / p.N;
+  q.n = idx - q.b * p.N;
+  A pt[3];
+  if (voxel_load_point<A>(xyz, p, q.b, q.n, pt)) {
+    q.t = voxel_taps<A>(pt[0], pt[1], pt[2], p);
+  } else {
+    q.t.mask = 0u;
+  }
+}
+
+inline void prefetch_bytes(const void* ptr, int64_t bytes) {
+  const char* c = static_cast<const char*>(ptr);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
+  __builtin_prefetch(c + bytes - 1);
+}
+
+// Prefetch the volume data a point's taps will read (channels-last: one contiguous row of
+// C values per corner; otherwise one element per channel of the x0 corners, which usually
+// share a cache line with x1).
+template <bool CL, typename T, typename A>
+inline void prefetch_volume(const VoxelSampleParams& p, const T* volume, const PointTaps<A>& q) {
+  const T* base = volume + q.b * p.volume_strides[0];
+  const int64_t sC = p.volume_strides[1];
+  for (int k = 0; k < 8; ++k) {
+    if (!(q.t.mask & (1u << k))) continue;
+    if (CL) {
+      prefetch_bytes(base + q.t.off[k], p.C * int64_t(sizeof(T)));
+    } else if (!(k & 1) || !(q.t.mask & (1u << (k - 1)))) {
+      for (int64_t ch = 0; ch < p.C; ++ch) __builtin_prefetch(base + q.t.off[k] + ch * sC);
+    }
+  }
+}
+
+// Prefetch (for writing) the rows of the channels-last gradient buffer a point updates.
+template <typename A>
+inline void prefetch_grad_rows(const VoxelSampleParams& p, const A* gv, const PointTaps<A>& q) {
+  if (gv == nullptr) return;
+  const A* buf = gv + q.b * p.D * p.H * p.W * p.C;
+  for (int k = 0; k < 8; k += 2) {  // the (x0, x1) rows of one (y, z) are adjacent
+    const unsigned m = (q.t.mask >> k) & 3u;
+    if (!m) continue;
+    const int first = (m & 1u) ? k : k + 1;
+    const int64_t cnt = (m == 3u) ? 2 * p.C : p.C;
+    prefetch_bytes(buf + voxel_corner_cell(q.t, first, p) * p.C, cnt * int64_t(sizeof(A)));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------
+
+// out[c] = sum over in-bounds corners of w * volume[corner, c]
+template <bool CL, typename T, typename A>
+inline void interpolate_row(T* __restrict__ out, const T* __restrict__ base, const VoxelTaps<A>& t, int64_t C,
+                            int64_t sC) {
+  if (t.mask == 0xFFu) {
+    const T* __restrict__ p0 = base + t.off[0];
+    const T* __restrict__ p1 = base + t.off[1];
+    const T* __restrict__ p2 = base + t.off[2];
+    const T* __restrict__ p3 = base + t.off[3];
+    const T* __restrict__ p4 = base + t.off[4];
+    const T* __restrict__ p5 = base + t.off[5];
+    const T* __restrict__ p6 = base + t.off[6];
+    const T* __restrict__ p7 = base + t.off[7];
+    const A w0 = t.w[0], w1 = t.w[1], w2 = t.w[2], w3 = t.w[3];
+    const A w4 = t.w[4], w5 = t.w[5], w6 = t.w[6], w7 = t.w[7];
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t o = chan<CL>(c, sC);
+      // Corner order and left-to-right sum as ATen's grid sampler, for bit-closeness.
+      const A v = w0 * ff_load<A>(p0[o]) + w1 * ff_load<A>(p1[o]) + w2 * ff_load<A>(p2[o]) +
+                  w3 * ff_load<A>(p3[o]) + w4 * ff_load<A>(p4[o]) + w5 * ff_load<A>(p5[o]) +
+                  w6 * ff_load<A>(p6[o]) + w7 * ff_load<A>(p7[o]);
+      out[c] = ff_store<T>(v);
+    }
+    return;
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    A v = A(0);
+    for (int k = 0; k < 8; ++k) {
+      if (t.mask & (1u << k)) v += t.w[k] * ff_load<A>(base[t.off[k] + chan<CL>(c, sC)]);
+    }
+    out[c] = ff_store<T>(v);
+  }
+}
+
+template <bool CL, typename T, typename A>
+void fwd_points(const VoxelSampleParams& p, const T* volume, const A* xyz, T* out, int64_t begin, int64_t end) {
+  const int64_t C = p.C, sB = p.volume_strides[0], sC = p.volume_strides[1];
+  PointTaps<A> ring[kLookahead];
+  auto prepare = [&](int64_t i, PointTaps<A>& q) {
+    prepare_point<A>(p, xyz, i, q);
+    prefetch_volume<CL>(p, volume, q);
+  };
+  for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) {
+    prepare(i, ring[(i - begin) % kLookahead]);
+  }
+  for (int64_t idx = begin; idx < end; ++idx) {
+    PointTaps<A>& slot = ring[(idx - begin) % kLookahead];
+    const PointTaps<A> q = slot;
+    if (idx + kLookahead < end) prepare(idx + kLookahead, slot);
+    interpolate_row<CL>(out + idx * C, volume + q.b * sB, q.t, C, sC);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------------------
+
+// One point's backward in a single pass over the channels: each in-bounds corner is read
+// once, g * w is added to its gradient row (rows may be null), and the per-corner dot
+// products s[k] = sum_c g[c] * volume[corner k, c], from which the gradient to xyz follows,
+// are accumulated (when need_xyz). ALL_INSIDE drops the corner mask tests for the common
+// interior point.
+template <bool CL, bool ALL_INSIDE, typename T, typename A>
+inline void corner_pass(const VoxelTaps<A>& t, const T* __restrict__ go, int64_t gC, const T* __restrict__ base,
+                        int64_t sC, A* const* rows, bool need_xyz, int64_t C, A s[8]) {
+  for (int64_t c = 0; c < C; ++c) {
+    const A g = ff_load<A>(go[c * gC]);
+    for (int k = 0; k < 8; ++k) {
+      if (!ALL_INSIDE && !(t.mask & (1u << k))) continue;
+      if (rows) rows[k][c] += t.w[k] * g;
+      if (need_xyz) s[k] += g * ff_load<A>(base[t.off[k] + chan<CL>(c, sC)]);
+    }
+  }
+}
+
+// Processes points [begin, end). gv (may be null) is a zeroed channels-last accumulation
+// buffer [B, D, H, W, C] owned by the calling thread; gxyz (may be null) is [B, N, 3].
+template <bool CL, typename T, typename A>
+void bwd_points(const VoxelSampleParams& p, const T* grad_out, const T* volume, const A* xyz, A* gv, A* gxyz,
+                int64_t begin, int64_t end) {
+  const int64_t C = p.C, cells = p.D * p.H * p.W;
+  const int64_t sB = p.volume_strides[0], sC = p.volume_strides[1];
+  const int64_t gB = p.grad_out_strides[0], gN = p.grad_out_strides[1], gC = p.grad_out_strides[2];
+  PointTaps<A> ring[kLookahead];
+  auto prepare = [&](int64_t i, PointTaps<A>& q) {
+    prepare_point<A>(p, xyz, i, q);
+    if (gxyz) prefetch_volume<CL>(p, volume, q);
+    prefetch_grad_rows<A>(p, gv, q);
+  };
+  for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) {
+    prepare(i, ring[(i - begin) % kLookahead]);
+  }
+  for (int64_t idx = begin; idx < end; ++idx) {
+    PointTaps<A>& slot = ring[(idx - begin) % kLookahead];
+    const PointTaps<A> q = slot;
+    if (idx + kLookahead < end) prepare(idx + kLookahead, slot);
+    const VoxelTaps<A>& t = q.t;
+    A dx = A(0), dy = A(0), dz = A(0);
+    if (t.mask != 0u) {
+      A* rows[8];
+      if (gv) {
+        A* buf_b = gv + q.b * cells * C;
+        for (int k = 0; k < 8; ++k) rows[k] = (t.mask & (1u << k)) ? buf_b + voxel_corner_cell(t, k, p) * C : nullptr;
+      }
+      const T* go = grad_out + q.b * gB + q.n * gN;
+      const T* base = volume + q.b * sB;
+      A s[8] = {A(0), A(0), A(0), A(0), A(0), A(0), A(0), A(0)};
+      if (t.mask == 0xFFu) {
+        corner_pass<CL, true>(t, go, gC, base, sC, gv ? rows : nullptr, gxyz != nullptr, C, s);
+      } else {
+        corner_pass<CL, false>(t, go, gC, base, sC, gv ? rows : nullptr, gxyz != nullptr, C, s);
+      }
+      // Out-of-bounds corners have s = 0 and zero derivative weights.
+      for (int k = 0; k < 8; ++k) {
+        dx += t.dwx[k] * s[k];
+        dy += t.dwy[k] * s[k];
+        dz += t.dwz[k] * s[k];
+      }
+    }
+    if (gxyz) {
+      gxyz[idx * 3] = dx;
+      gxyz[idx * 3 + 1] = dy;
+      gxyz[idx * 3 + 2] = dz;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Torch-facing checks and dispatch
+// ---------------------------------------------------------------------------------------
+
+constexpr int64_t kPointGrain = 256;
+
+VoxelSampleParams make_params(const at::Tensor& volume, const at::Tensor& xyz, bool align_corners,
+                              int64_t padding) {
+  TORCH_CHECK(volume.device().is_cpu(), "voxel_sample (cpu): volume must be a CPU tensor, got ", volume.device());
+  TORCH_CHECK(xyz.device().is_cpu(), "voxel_sample (cpu): xyz must be a CPU tensor, got ", xyz.device());
+  TORCH_CHECK(volume.dim() == 5, "voxel_sample: volume must be [B, C, D, H, W], got ", volume.dim(), " dims");
+  TORCH_CHECK(volume.size(1) > 0 && volume.size(2) > 0 && volume.size(3) > 0 && volume.size(4) > 0,
+              "voxel_sample: volume must have C, D, H and W > 0, got ", volume.sizes());
+  TORCH_CHECK(xyz.dim() == 3, "voxel_sample: xyz must be [B, N, 3], got ", xyz.dim(), " dims");
+  TORCH_CHECK(xyz.size(2) == 3, "voxel_sample: xyz's last dim must be 3, got ", xyz.size(2));
+  TORCH_CHECK(xyz.size(0) == volume.size(0), "voxel_sample: xyz batch (", xyz.size(0),
+              ") must match volume batch (", volume.size(0), ")");
+  const auto vt = volume.scalar_type();
+  TORCH_CHECK(vt == at::kFloat || vt == at::kDouble || vt == at::kHalf || vt == at::kBFloat16,
+              "voxel_sample: volume must be float32/float64/float16/bfloat16, got ", vt);
+  TORCH_CHECK(at::isFloatingType(xyz.scalar_type()), "voxel_sample: xyz must be a floating-point tensor, got ",
+              xyz.scalar_type());
+  TORCH_CHECK(padding == kPadZeros || padding == kPadBorder,
+              "voxel_sample: padding must be 0 (zeros) or 1 (border), got ", padding);
+
+  VoxelSampleParams p{};
+  p.B = volume.size(0);
+  p.N = xyz.size(1);
+  p.C = volume.size(1);
+  p.D = volume.size(2);
+  p.H = volume.size(3);
+  p.W = volume.size(4);
+  for (int i = 0; i < 5; ++i) p.volume_strides[i] = volume.stride(i);
+  p.padding = static_cast<int>(padding);
+  p.align_corners = align_corners;
+  return p;
+}
+
+at::ScalarType acc_dtype(at::ScalarType volume_dtype) {
+  return volume_dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::Tensor voxel_sample_fwd_cpu(const at::Tensor& volume, const at::Tensor& xyz, bool align_corners,
+                                int64_t padding) {
+  VoxelSampleParams p = make_params(volume, xyz, align_corners, padding);
+  // Coordinates in the accumulation dtype (a no-op for the usual fp32 xyz); strides honoured.
+  const at::Tensor xyz_a = xyz.to(acc_dtype(volume.scalar_type()));
+  for (int i = 0; i < 3; ++i) p.xyz_strides[i] = xyz_a.stride(i);
+  at::Tensor out = at::empty({p.B, p.N, p.C}, volume.options().memory_format(at::MemoryFormat::Contiguous));
+  const int64_t total = p.B * p.N;
+  if (total == 0) return out;
+  const bool cl = p.volume_strides[1] == 1;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, volume.scalar_type(), "voxel_sample_fwd_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* vol = volume.const_data_ptr<scalar_t>();
+    const A* xp = xyz_a.const_data_ptr<A>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, total, kPointGrain, [&](int64_t begin, int64_t end) {
+      if (cl) {
+        fwd_points<true, scalar_t, A>(p, vol, xp, op, begin, end);
+      } else {
+        fwd_points<false, scalar_t, A>(p, vol, xp, op, begin, end);
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> voxel_sample_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& volume,
+                                                        const at::Tensor& xyz, bool align_corners, int64_t padding,
+                                                        bool need_volume, bool need_xyz) {
+  TORCH_CHECK(grad_out.device().is_cpu(), "voxel_sample (cpu): grad_out must be a CPU tensor, got ",
+              grad_out.device());
+  TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()),
+              "voxel_sample: grad_out must be a floating-point tensor, got ", grad_out.scalar_type());
+  VoxelSampleParams p = make_params(volume, xyz, align_corners, padding);
+  TORCH_CHECK(grad_out.sizes().equals({p.B, p.N, p.C}), "voxel_sample: grad_out must have shape [", p.B, ", ", p.N,
+              ", ", p.C, "], got ", grad_out.sizes());
+
+  const at::ScalarType adt = acc_dtype(volume.scalar_type());
+  const at::Tensor xyz_a = xyz.to(adt);
+  for (int i = 0; i < 3; ++i) p.xyz_strides[i] = xyz_a.stride(i);
+  const at::Tensor go = grad_out.to(volume.scalar_type());
+  for (int i = 0; i < 3; ++i) p.grad_out_strides[i] = go.stride(i);
+
+  const int64_t B = p.B, C = p.C, D = p.D, H = p.H, W = p.W;
+  // grad_volume: channels-last [B, D, H, W, C] storage, returned as a [B, C, D, H, W] view.
+  at::Tensor gv_cl;
+  if (need_volume) gv_cl = at::empty({B, D, H, W, C}, volume.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor gxyz_a;
+  if (need_xyz) gxyz_a = at::empty({B, p.N, 3}, xyz_a.options().memory_format(at::MemoryFormat::Contiguous));
+
+  const int64_t total = B * p.N;
+  const bool cl = p.volume_strides[1] == 1;
+
+  if (total == 0 || (!need_volume && !need_xyz)) {
+    if (need_volume) gv_cl.zero_();
+    if (need_xyz) gxyz_a.zero_();
+  } else {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, volume.scalar_type(), "voxel_sample_bwd_cpu", [&] {
+      using A = acc_t<scalar_t>;
+      const scalar_t* vol = volume.const_data_ptr<scalar_t>();
+      const scalar_t* gop = go.const_data_ptr<scalar_t>();
+      const A* xp = xyz_a.const_data_ptr<A>();
+      A* gx = need_xyz ? gxyz_a.mutable_data_ptr<A>() : nullptr;
+      auto run = [&](A* gvbuf, int64_t begin, int64_t end) {
+        if (cl) {
+          bwd_points<true, scalar_t, A>(p, gop, vol, xp, gvbuf, gx, begin, end);
+        } else {
+          bwd_points<false, scalar_t, A>(p, gop, vol, xp, gvbuf, gx, begin, end);
+        }
+      };
+      if (!need_volume) {
+        at::parallel_for(0, total, kPointGrain, [&](int64_t begin, int64_t end) { run(nullptr, begin, end); });
+        return;
+      }
+      // Per-thread channels-last accumulation buffers ("slots"), each owned by one thread for
+      // a contiguous range of points, summed at the end: no atomics. Use fewer slots when the
+      // buffers would cost more than the work they parallelise, or take too much memory.
+      const int64_t elems = B * D * H * W * C;
+      const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+      const int64_t work = total * 8 * C;  // accumulations into grad_volume
+      int64_t slots = std::min<int64_t>(threads, std::max<int64_t>(1, work / std::max<int64_t>(1, 2 * elems)));
+      constexpr int64_t kMaxExtraBytes = int64_t(1) << 30;
+      const int64_t max_extra = kMaxExtraBytes / std::max<int64_t>(1, elems * int64_t(sizeof(A)));
+      slots = std::max<int64_t>(1, std::min<int64_t>({slots, max_extra + 1, total}));
+
+      constexpr bool same = std::is_same<scalar_t, A>::value;
+      // Slot 0 accumulates straight into the result when no dtype conversion is needed.
+      const int64_t n_extra = same ? slots - 1 : slots;
+      at::Tensor extra;
+      if (n_extra > 0) extra = at::empty({n_extra, elems}, volume.options().dtype(adt));
+      A* extra_p = n_extra > 0 ? extra.mutable_data_ptr<A>() : nullptr;
+      A* out0 = nullptr;
+      if constexpr (same) out0 = reinterpret_cast<A*>(gv_cl.mutable_data_ptr<scalar_t>());
+      auto slot_buf = [&](int64_t s) -> A* {
+        if (same) return s == 0 ? out0 : extra_p + (s - 1) * elems;
+        return extra_p + s * elems;
+      };
+      at::parallel_for(0, slots, 1, [&](int64_t s0, int64_t s1) {
+        for (int64_t s = s0; s < s1; ++s) {
+          A* slot = slot_buf(s);
+          std::memset(slot, 0, sizeof(A) * static_cast<size_t>(elems));
+          run(slot, total * s / slots, total * (s + 1) / slots);
+        }
+      });
+      if (same && slots == 1) return;
+      scalar_t* dst = gv_cl.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, elems, 4096, [&](int64_t begin, int64_t end) {
+        // Sum the slots in chunks through a small stack buffer to keep the loops vectorisable.
+        constexpr int64_t kChunk = 1024;
+        A tmp[kChunk];
+        for (int64_t i0 = begin; i0 < end; i0 += kChunk) {
+          const int64_t m = std::min<int64_t>(kChunk, end - i0);
+          const A* first = slot_buf(0) + i0;  // may be dst itself
+          for (int64_t i = 0; i < m; ++i) tmp[i] = first[i];
+          for (int64_t s = 1; s < slots; ++s) {
+            const A* __restrict__ src = slot_buf(s) + i0;
+            for (int64_t i = 0; i < m; ++i) tmp[i] += src[i];
+          }
+          for (int64_t i = 0; i < m; ++i) dst[i0 + i] = ff_store<scalar_t>(tmp[i]);
+        }
+      });
+    });
+  }
+
+  at::Tensor grad_volume = need_volume ? gv_cl.permute({0, 4, 1, 2, 3}) : at::empty({0}, volume.options());
+  at::Tensor grad_xyz = need_xyz ? gxyz_a.to(xyz.scalar_type()) : at::empty({0}, xyz.options());
+  return std::make_tuple(grad_volume, grad_xyz);
+}
+
+}  // namespace
+}  // namespace fastfields
+
+TORCH_LIBRARY_FRAGMENT(fastfields_cpu, m) {
+  m.def("voxel_sample_fwd(Tensor volume, Tensor xyz, bool align_corners, int padding) -> Tensor");
+  m.def(
+      "voxel_sample_bwd(Tensor grad_out, Tensor volume, Tensor xyz, bool align_corners, int padding, "
+      "bool need_volume, bool need_xyz) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fastfields_cpu, CPU, m) {
+  m.impl("voxel_sample_fwd", TORCH_FN(fastfields::voxel_sample_fwd_cpu));
+  m.impl("voxel_sample_bwd", TORCH_FN(fastfields::voxel_sample_bwd_cpu));
+}
