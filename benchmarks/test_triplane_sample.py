@@ -1,30 +1,11 @@
-"""triplane_sample against EG3D's eager ``sample_from_planes``, forward and forward+backward."""
+"""triplane_sample against EG3D's eager ``sample_from_planes``."""
 
 import pytest
-import torch
 
-from fastfields import bench
-
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-CASES = [c for c in bench.cases(DEVICE) if c.op == "triplane_sample"]
-BACKENDS = ["eager"] + bench.fused_backends(DEVICE)
+from conftest import benchmark_case, runs
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case,backend", runs("triplane_sample"))
 def test_triplane_sample(benchmark, case, backend, backward):
-    inputs = {k: v.requires_grad_(backward and k in case.grad_inputs) for k, v in case.make_inputs(DEVICE).items()}
-    if backend != "eager":
-        inputs = case.layouts["channels-last"](inputs)
-        inputs = {k: v.detach().requires_grad_(backward and k in case.grad_inputs) for k, v in inputs.items()}
-    call = (lambda: case.baseline(inputs)) if backend == "eager" else (lambda: case.fused(inputs, backend))
-    fn = bench.pass_fn(call, inputs, case, backward)
-    benchmark.group = f"triplane_sample {case.name} {'fwd+bwd' if backward else 'fwd'}"
-
-    def timed():
-        fn()
-        if DEVICE.type == "cuda":
-            torch.cuda.synchronize()
-
-    benchmark.pedantic(timed, rounds=5, warmup_rounds=1)
+    benchmark_case(benchmark, case, backend, backward)
