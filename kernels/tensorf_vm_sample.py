@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triplane_sample import _add_to_axis, _bilinear_setup, _load_corners, _load_points, _pick_axis, _source_index
+from ._grid import _add_to_axis, _bilinear_setup, _load_corners, _load_points, _pick_axis, _source_index
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triplane_sample import _load_points, _source_index
+from ._grid import _load_points, _source_index
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Register budget: every thread holds its elements of the eight corner tiles (64-bit

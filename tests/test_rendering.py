@@ -117,7 +117,6 @@ def test_unnormalized_directions_have_unit_depth():
 def eg3d_ray_sampler(c2w, intrinsics, resolution, opencv_to_blender=False):
     """EG3D's RaySampler (OpenLRM's when opencv_to_blender), written plainly: normalised
     intrinsics, uv = (index + 0.5) / resolution, the x_lift/y_lift formula with skew."""
-    N = c2w.shape[0]
     fx, fy = intrinsics[:, 0, 0, None], intrinsics[:, 1, 1, None]
     cx, cy, sk = intrinsics[:, 0, 2, None], intrinsics[:, 1, 2, None], intrinsics[:, 0, 1, None]
     i, j = torch.meshgrid(torch.arange(resolution), torch.arange(resolution), indexing="ij")

@@ -8,7 +8,7 @@ the ``torch`` one being :func:`fastfields.reference.triplane_sample_reference`.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 
