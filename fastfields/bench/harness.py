@@ -211,7 +211,8 @@ def _row(case, layout, backend, pass_name, seconds, mem, base_seconds, base_mem,
         "ms": seconds * 1e3,
         "speedup": base_seconds / seconds,
         "peak_mb": None if mem is None else mem / 2**20,
-        "memory_ratio": None if not mem or not base_mem else base_mem / mem,
+        # Below 1 MiB the CPU measurement (sampled resident memory) cannot resolve a ratio.
+        "memory_ratio": None if not mem or not base_mem or mem < 2**20 else base_mem / mem,
         "gbps": gbps,
         "pct_peak_bw": None if gbps is None or not peak_bw else 100 * gbps / peak_bw,
     }
@@ -260,7 +261,9 @@ def write_report(rows: List[Dict[str, object]], out_dir: Path, device: torch.dev
         f"# fastfields benchmark: {meta['device']}\n\n"
         f"torch {meta['torch']}, CUDA {meta['cuda']}, {meta['threads']} CPU threads, {meta['mode']} mode, {meta['date']}.\n"
         "Speedup and memory saved are against the eager PyTorch baseline measured in the same run "
-        "(median of repeated calls; peak memory is the extra memory at the peak of one call).\n\n"
+        "(median of repeated calls; peak memory is the extra memory at the peak of one call; "
+        "memory saved is '-' where the fused call's peak is under 1 MB, below what the CPU "
+        "measurement resolves).\n\n"
     )
     written[1].write_text(header + markdown_table(rows) + "\n")
     plot = _plot(rows, stem.with_suffix(".png"), meta["device"])
