@@ -38,38 +38,8 @@ struct VmSampleParams {
 // Plane k's bilinear tap at (u, v); corner offsets use plane k's H and W strides.
 template <typename A>
 FF_HD PlaneTaps<A> vm_plane_taps(A u, A v, const VmSampleParams& p, int k) {
-  const AxisTap<A> tx = triplane_axis_tap<A>(u, p.W[k], p.align_corners, p.padding);
-  const AxisTap<A> ty = triplane_axis_tap<A>(v, p.H[k], p.align_corners, p.padding);
-  const int64_t sH = p.plane_strides[k][1];
-  const int64_t sW = p.plane_strides[k][2];
-  PlaneTaps<A> t;
-  t.x0 = tx.i0;
-  t.y0 = ty.i0;
-  t.mask = 0u;
-  const A wx[2] = {tx.w0, tx.w1};
-  const A wy[2] = {ty.w0, ty.w1};
-  const bool inx[2] = {tx.in0, tx.in1};
-  const bool iny[2] = {ty.in0, ty.in1};
-#ifdef __CUDA_ARCH__
-#pragma unroll
-#endif
-  for (int c = 0; c < 4; ++c) {
-    const int dx = triplane_corner_dx(c);
-    const int dy = triplane_corner_dy(c);
-    if (inx[dx] && iny[dy]) {
-      t.mask |= (1u << c);
-      t.off[c] = (ty.i0 + dy) * sH + (tx.i0 + dx) * sW;
-      t.w[c] = wy[dy] * wx[dx];
-      t.dwu[c] = (dx ? wy[dy] : -wy[dy]) * tx.dcoord;
-      t.dwv[c] = (dy ? wx[dx] : -wx[dx]) * ty.dcoord;
-    } else {
-      t.off[c] = 0;
-      t.w[c] = A(0);
-      t.dwu[c] = A(0);
-      t.dwv[c] = A(0);
-    }
-  }
-  return t;
+  return bilinear_taps<A>(u, v, p.H[k], p.W[k], p.plane_strides[k][1], p.plane_strides[k][2], p.align_corners,
+                          p.padding);
 }
 
 // The two taps of a line along L, 0 = l0 and 1 = l0 + 1. Like PlaneTaps, an out-of-range tap

@@ -114,12 +114,12 @@ struct PlaneTaps {
 FF_HD int triplane_corner_dx(int k) { return k & 1; }
 FF_HD int triplane_corner_dy(int k) { return k >> 1; }
 
+// The bilinear tap of a plane of H x W pixels with strides sH, sW at (u, v), as grid_sample.
 template <typename A>
-FF_HD PlaneTaps<A> triplane_plane_taps(A u, A v, const TriplaneSampleParams& p) {
-  const AxisTap<A> tx = triplane_axis_tap<A>(u, p.W, p.align_corners, p.padding);
-  const AxisTap<A> ty = triplane_axis_tap<A>(v, p.H, p.align_corners, p.padding);
-  const int64_t sH = p.planes_strides[3];
-  const int64_t sW = p.planes_strides[4];
+FF_HD PlaneTaps<A> bilinear_taps(A u, A v, int64_t H, int64_t W, int64_t sH, int64_t sW, bool align_corners,
+                                 int padding) {
+  const AxisTap<A> tx = triplane_axis_tap<A>(u, W, align_corners, padding);
+  const AxisTap<A> ty = triplane_axis_tap<A>(v, H, align_corners, padding);
   PlaneTaps<A> t;
   t.x0 = tx.i0;
   t.y0 = ty.i0;
@@ -149,6 +149,11 @@ FF_HD PlaneTaps<A> triplane_plane_taps(A u, A v, const TriplaneSampleParams& p) 
     }
   }
   return t;
+}
+
+template <typename A>
+FF_HD PlaneTaps<A> triplane_plane_taps(A u, A v, const TriplaneSampleParams& p) {
+  return bilinear_taps<A>(u, v, p.H, p.W, p.planes_strides[3], p.planes_strides[4], p.align_corners, p.padding);
 }
 
 // Read point (b, n); returns false when any coordinate is not finite (the point then reads
