@@ -54,6 +54,8 @@ def ahead_of_time_extensions():
 
 ext_modules, cmdclass = ahead_of_time_extensions()
 
+MODELS = ["pillow", "imageio>=2.20", "PyMCubes>=0.1.4", "trimesh>=4", "safetensors", "tqdm", "scikit-image>=0.20"]
+
 setup(
     name="fastfields",
     version=read_version(),
@@ -67,6 +69,7 @@ setup(
         "fastfields.reference",
         "fastfields.bench",
         "fastfields.rendering",
+        "fastfields.apps",
         "fastfields.kernels",
         "fastfields.models",
         "fastfields.csrc",
@@ -82,8 +85,10 @@ setup(
     install_requires=["torch>=2.4", "numpy", "ninja"],
     extras_require={
         "triton": ["triton>=3.0"],
-        "test": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.0", "pybind11"],
-        "bench": ["pytest-benchmark>=4", "matplotlib>=3.5", "triton>=3.0"],
+        # The model jobs (fastfields lrm / zerorf): image and video I/O, meshes, weights, progress.
+        "models": MODELS,
+        "test": ["pytest>=7", "pytest-benchmark>=4", "triton>=3.0", "pybind11"] + MODELS,
+        "bench": ["pytest-benchmark>=4", "matplotlib>=3.5", "triton>=3.0"] + MODELS,
     },
     entry_points={"console_scripts": ["fastfields=fastfields.cli:main"]},
     ext_modules=ext_modules,

@@ -1,4 +1,5 @@
-"""The ``fastfields`` command line: ``fastfields bench`` and ``fastfields info``."""
+"""The ``fastfields`` command line: ``fastfields bench``, ``fastfields info`` and the model jobs
+(``fastfields lrm``, ``fastfields zerorf``; see :mod:`fastfields.apps`)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     info = commands.add_parser("info", help="which backends work here, and why not")
     info.add_argument("--no-build", action="store_true", help="do not build the compiled backends to find out")
     info.set_defaults(run=_info)
+
+    from .apps import register
+
+    register(commands)
 
     args = parser.parse_args(argv)
     return args.run(args)

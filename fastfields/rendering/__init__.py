@@ -12,7 +12,7 @@ Plain PyTorch (none of it is a hot spot); every function documents its shapes.
     >>> ray_indices, t_starts, t_ends = grid.sample(rays_o[0], rays_d[0], near=0.2, far=4.0, step_size=1 / 128)
 """
 
-from .cameras import CONVENTIONS, ray_aabb_intersect, rays_from_cameras
+from .cameras import CONVENTIONS, orbit_cameras, ray_aabb_intersect, rays_from_cameras
 from .occupancy import OccupancyGrid, packed_info
 from .samplers import merge_samples, sample_pdf, smooth_weights, stratified_samples
 
@@ -20,6 +20,7 @@ __all__ = [
     "CONVENTIONS",
     "OccupancyGrid",
     "merge_samples",
+    "orbit_cameras",
     "packed_info",
     "ray_aabb_intersect",
     "rays_from_cameras",

@@ -170,6 +170,61 @@ def rays_from_cameras(
     return origins, directions
 
 
+def orbit_cameras(
+    n_views: int,
+    radius: float,
+    *,
+    elevation: float = 0.0,
+    azimuth_start: float = 0.0,
+    convention: str = "opengl",
+    up: str = "z",
+    dtype: torch.dtype = torch.float32,
+    device=None,
+) -> torch.Tensor:
+    """Camera-to-world matrices ``[n_views, 4, 4]`` of a turntable around the origin.
+
+    The cameras sit at distance ``radius`` from the origin, ``elevation`` degrees above
+    the plane normal to the ``up`` axis (``"z"``: NeRF-synthetic / Blender, OpenLRM;
+    ``"y"``: y-up scenes), at azimuths ``azimuth_start + 360 * k / n_views`` degrees
+    (counter-clockwise seen from above), each looking at the origin with the ``up``
+    axis up in the image. ``convention`` is that of the returned matrices (see the
+    module docstring). Azimuth 0 puts the camera on the -y axis for ``up="z"`` (OpenLRM's
+    canonical source camera at ``(0, -radius, 0)``) and on +z for ``up="y"``.
+    """
+    op = "orbit_cameras"
+    if isinstance(n_views, bool) or not isinstance(n_views, int) or n_views < 1:
+        raise ValueError(f"{op}: n_views must be a positive int, got {n_views!r}")
+    if isinstance(radius, bool) or not isinstance(radius, Real) or radius <= 0:
+        raise ValueError(f"{op}: radius must be a positive float, got {radius!r}")
+    check_choice(op, "convention", convention, CONVENTIONS)
+    check_choice(op, "up", up, ("y", "z"))
+    azimuth = torch.deg2rad(azimuth_start + torch.arange(n_views, dtype=torch.float64) * (360.0 / n_views))
+    elev = torch.full_like(azimuth, math.radians(elevation))
+    # Position on the sphere in a z-up frame; azimuth 0 is -y.
+    x = radius * torch.cos(elev) * torch.sin(azimuth)
+    y = -radius * torch.cos(elev) * torch.cos(azimuth)
+    z = radius * torch.sin(elev)
+    world_up = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    eye = torch.stack((x, y, z), dim=-1)
+    if up == "y":  # rotate the z-up frame so that z -> y, -y -> z
+        eye = torch.stack((x, z, -y), dim=-1)
+        world_up = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    forward = F.normalize(-eye, dim=-1)
+    right = torch.cross(forward, world_up.expand_as(forward), dim=-1)
+    # Looking straight along the up axis: any right vector will do.
+    degenerate = right.norm(dim=-1, keepdim=True) < 1e-9
+    right = torch.where(degenerate, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64), right)
+    right = F.normalize(right, dim=-1)
+    cam_up = torch.cross(right, forward, dim=-1)
+    c2w = torch.eye(4, dtype=torch.float64).repeat(n_views, 1, 1)
+    if convention == "opengl":  # x right, y up, looking along -z
+        c2w[:, :3, :3] = torch.stack((right, cam_up, -forward), dim=-1)
+    else:  # x right, y down, looking along +z
+        c2w[:, :3, :3] = torch.stack((right, -cam_up, forward), dim=-1)
+    c2w[:, :3, 3] = eye
+    return c2w.to(dtype=dtype, device=device)
+
+
 def ray_aabb_intersect(
     rays_o: torch.Tensor,
     rays_d: torch.Tensor,
