@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .ops.adaln_modulate import adaln_modulate
 from .ops.attention import attention
+from .reference.render_triplane import COLOR_ACTIVATIONS, color_activation
 
 
 class ModLN(nn.Module):
@@ -236,3 +237,79 @@ class TransformerDecoder(nn.Module):
         for layer in self.layers:
             x = layer(x, cond, mod)
         return self.norm(x)
+
+
+#: Hidden activations the fused renderer runs in-kernel (``nn.Softplus`` with beta 1, EG3D's).
+DECODER_ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "softplus": nn.Softplus}
+
+
+class TriplaneDecoder(nn.Module):
+    """The small MLP that turns a point's triplane features into density and colour.
+
+    ``net`` is ``Linear(in, hidden), act, [Linear(hidden, hidden), act] * (n_layers - 2),
+    Linear(hidden, out)``; output channel 0 is the raw density (the compositing applies the
+    density activation) and channels ``1:`` go through ``color_activation``. Biases start
+    at zero, as OpenLRM's. Presets of the published decoders:
+
+    - OpenLRM's ``OSGDecoder``: ``TriplaneDecoder(3 * C, 64, n_layers=4, out_features=4)``
+      (ReLU; parameters ``net.{0,2,4,6}`` as OpenLRM's ``synthesizer.decoder.net``);
+    - EG3D's ``OSGDecoder``: ``TriplaneDecoder(C, 64, n_layers=2, out_features=33,
+      activation="softplus")`` (its ``FullyConnectedLayer`` weight gain
+      ``lr_multiplier / sqrt(in)`` folds into the weights on load);
+    - TripoSR's ``NeRFMLP``: ``TriplaneDecoder(120, 64, n_layers=10, out_features=4,
+      activation="silu", color_activation="sigmoid")``.
+
+    :func:`fastfields.render_triplane` runs this MLP inside its fused kernel.
+
+    Shapes: ``features [..., in_features]`` -> ``[..., out_features]``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int = 64,
+        n_layers: int = 4,
+        out_features: int = 4,
+        activation: str = "relu",
+        color_activation: str = "sigmoid_clamped",
+    ):
+        super().__init__()
+        for name, value, low in (("in_features", in_features, 1), ("hidden_features", hidden_features, 1),
+                                 ("n_layers", n_layers, 2), ("out_features", out_features, 2)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"TriplaneDecoder: {name} must be an int >= {low}, got {value!r}")
+        if activation not in DECODER_ACTIVATIONS:
+            raise ValueError(f"TriplaneDecoder: activation must be one of {tuple(DECODER_ACTIVATIONS)}, got {activation!r}")
+        if color_activation not in COLOR_ACTIVATIONS:
+            raise ValueError(f"TriplaneDecoder: color_activation must be one of {COLOR_ACTIVATIONS}, got {color_activation!r}")
+        self.activation = activation
+        self.color_activation = color_activation
+        widths = [in_features] + [hidden_features] * (n_layers - 1) + [out_features]
+        layers = []
+        for i in range(n_layers):
+            layers.append(nn.Linear(widths[i], widths[i + 1]))
+            if i < n_layers - 1:
+                layers.append(DECODER_ACTIVATIONS[activation]())
+        self.net = nn.Sequential(*layers)
+        for layer in self.linears:
+            nn.init.zeros_(layer.bias)
+
+    @property
+    def linears(self):
+        """The Linear layers, first to last."""
+        return [m for m in self.net if isinstance(m, nn.Linear)]
+
+    @property
+    def in_features(self) -> int:
+        return self.linears[0].in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.linears[-1].out_features
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}, color_activation={self.color_activation!r}"
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        out = self.net(features)
+        return torch.cat([out[..., :1], color_activation(out[..., 1:], self.color_activation)], dim=-1)

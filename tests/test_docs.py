@@ -15,6 +15,8 @@ DOCUMENTED_MODULES = [
     "fastfields.ops.composite",
     "fastfields.ops.adaln_modulate",
     "fastfields.ops.attention",
+    "fastfields.ops.render_triplane",
+    "fastfields.export",
 ]
 
 

@@ -13,7 +13,7 @@ import torch
 
 from .harness import Case, device_label, device_slug, fused_backends, markdown_table, pass_fn, run, write_report
 
-OP_MODULES = ("triplane_sample", "tensorf_vm_sample", "voxel_sample", "composite", "adaln_modulate", "attention")
+OP_MODULES = ("triplane_sample", "tensorf_vm_sample", "voxel_sample", "composite", "adaln_modulate", "attention", "render_triplane")
 
 
 def cases(device: torch.device, full: bool = False) -> List[Case]:

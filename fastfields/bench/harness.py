@@ -184,32 +184,44 @@ def run(
             pass_name = "fwd+bwd" if backward else "fwd"
             inputs = {k: v.detach().requires_grad_(backward and k in case.grad_inputs) for k, v in base_inputs.items()}
             fn = pass_fn(lambda: case.baseline(inputs), inputs, case, backward)
-            base_time = median_time(fn, device)
-            base_mem = peak_memory(fn, device)
+            base_time, base_mem = _measure(fn, device)
             rows.append(_row(case, "standard", "eager (baseline)", pass_name, base_time, base_mem, base_time, base_mem, None, None))
             log(_format_row(rows[-1]))
             for layout, layout_inputs in layouts.items():
                 for backend in (b for b in chosen if b in case.backends):
                     inputs = {k: v.detach().requires_grad_(backward and k in case.grad_inputs) for k, v in layout_inputs.items()}
                     fn = pass_fn(lambda: case.fused(inputs, backend), inputs, case, backward)
-                    t = median_time(fn, device)
-                    mem = peak_memory(fn, device)
+                    t, mem = _measure(fn, device)
                     moved = case.bytes_forward(inputs) + (case.bytes_backward(inputs) if backward else 0)
-                    gbps = moved / t / 1e9 if device.type == "cuda" else None
+                    gbps = moved / t / 1e9 if device.type == "cuda" and t is not None else None
                     rows.append(_row(case, layout, backend, pass_name, t, mem, base_time, base_mem, gbps, peak_bw))
                     log(_format_row(rows[-1]))
     return rows
 
 
+def _measure(fn, device):
+    """(median seconds, peak bytes), or (None, None) when the call runs out of memory: the
+    eager baselines of the largest cases do on smaller GPUs, and the report says so."""
+    try:
+        return median_time(fn, device), peak_memory(fn, device)
+    except torch.OutOfMemoryError:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return None, None
+
+
 def _row(case, layout, backend, pass_name, seconds, mem, base_seconds, base_mem, gbps, peak_bw):
+    """One report row; ``ms`` None means out of memory (speedup and memory ratio then unknown)."""
+    both = seconds is not None and base_seconds is not None
     return {
         "op": case.op,
         "case": case.name,
         "layout": layout,
         "backend": backend,
         "pass": pass_name,
-        "ms": seconds * 1e3,
-        "speedup": base_seconds / seconds,
+        "ms": None if seconds is None else seconds * 1e3,
+        "speedup": base_seconds / seconds if both else None,
         "peak_mb": None if mem is None else mem / 2**20,
         # Below 1 MiB the CPU measurement (sampled resident memory) cannot resolve a ratio.
         "memory_ratio": None if not mem or not base_mem or mem < 2**20 else base_mem / mem,
@@ -224,7 +236,7 @@ HEADERS = ("op", "case", "planes layout", "backend", "pass", "median ms", "speed
 
 def _cell(key, value) -> str:
     if value is None:
-        return "-"
+        return "OOM" if key == "ms" else "-"
     if key == "speedup" or key == "memory_ratio":
         return f"{value:.2f}x"
     if isinstance(value, float):
@@ -278,7 +290,7 @@ def _plot(rows, path: Path, title: str) -> Optional[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fused = [r for r in rows if r["backend"] != "eager (baseline)"]
+    fused = [r for r in rows if r["backend"] != "eager (baseline)" and r["speedup"] is not None]
     if not fused:
         return None
     labels = [f"{r['op']} {r['case']}\n{r['backend']} {r['layout']} {r['pass']}" for r in fused]
