@@ -93,6 +93,25 @@ def test_reference_is_openlrm_renderer():
     assert torch.all(rgb[0, :2] == 1.0) and torch.all(depth[0, :2] == 0) and torch.all(opacity[0, :2] == 0)
 
 
+def test_openlrm_rendering_kwargs_map_to_the_same_render():
+    planes, rays_o, rays_d, decoder = make_scene(R=16)
+    openlrm_kwargs = dict(ray_start="auto", ray_end="auto", box_warp=2.0, white_back=True, disparity_space_sampling=False,
+                          clamp_mode="softplus", depth_resolution=10, depth_resolution_importance=0)
+    options = ff.eg3d_render_options(openlrm_kwargs)
+    with torch.no_grad():
+        expected = openlrm_render(planes, rays_o, rays_d, decoder, 10, 1.0)
+        out = ff.render_triplane(planes, rays_o, rays_d, decoder, backend="torch", **options)
+    for got, want in zip(out[:3], expected[:3]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    eg3d = ff.eg3d_render_options(dict(openlrm_kwargs, ray_start=2.25, ray_end=3.3, depth_resolution_importance=48),
+                                  convention="eg3d")
+    assert (eg3d["near"], eg3d["far"], eg3d["n_importance"], eg3d["axes"], eg3d["reduce"]) == (2.25, 3.3, 48, ff.EG3D_AXES, "mean")
+    with pytest.raises(ValueError, match="both be 'auto' or both numbers"):
+        ff.eg3d_render_options(dict(openlrm_kwargs, ray_start=2.0))
+    with pytest.raises(ValueError, match="clamp_mode 'mipnerf' is not supported"):
+        ff.eg3d_render_options(dict(openlrm_kwargs, clamp_mode="mipnerf"))
+
+
 def test_importance_sampling_is_eg3d_two_pass():
     planes, rays_o, rays_d, decoder = make_scene(R=16)
     S, S_imp = 12, 10

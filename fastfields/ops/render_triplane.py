@@ -46,7 +46,7 @@ from ..reference.render_triplane import (
 from ..rendering.cameras import ray_aabb_intersect
 from ..rendering.samplers import merge_samples, sample_pdf, smooth_weights, stratified_samples
 from ._common import compiled_ops
-from .triplane_sample import LRM_AXES, _flat_axes, triplane_sample
+from .triplane_sample import EG3D_AXES, LRM_AXES, _flat_axes
 
 OP = "render_triplane"
 IMPLEMENTED = ("torch",)  # the fused kernels land next
@@ -356,6 +356,7 @@ def render_triplane(
     box_warp: float = 2.0,
     perturb: bool = False,
     generator: Optional[torch.Generator] = None,
+    spacing: str = "linear",
     axes: Sequence[Tuple[int, int]] = LRM_AXES,
     reduce: str = "concat",
     align_corners: bool = False,
@@ -402,6 +403,7 @@ def render_triplane(
         n_samples, n_importance: samples of the coarse pass and extra importance samples.
         box_warp: side of the box the planes span (OpenLRM, EG3D: 2.0 and 1.0 ... see their configs).
         perturb, generator: jitter the stratified samples / draw random importance samples.
+        spacing: ``"linear"`` in depth or ``"disparity"`` (EG3D's ``disparity_space_sampling``).
         axes, reduce, align_corners, padding: as in :func:`fastfields.triplane_sample`
             (reduce ``"concat"``, ``"sum"`` or ``"mean"``).
         mode: ``"eg3d"`` (MipRayMarcher2) or ``"nerf"``; density_activation, density_bias,
@@ -492,12 +494,12 @@ def render_triplane(
         return rgb, depth, opacity, w if want_weights else None
 
     if mode == "nerf":
-        edges = stratified_samples(t_near, t_far, n_samples + 1, perturb=perturb, generator=generator)
+        edges = stratified_samples(t_near, t_far, n_samples + 1, perturb=perturb, generator=generator, spacing=spacing)
         edges = torch.minimum(edges, t_far.unsqueeze(-1)) if perturb else edges
         t = (edges[..., 1:] + edges[..., :-1]) / 2
         deltas = edges[..., 1:] - edges[..., :-1]
     else:
-        t = stratified_samples(t_near, t_far, n_samples, perturb=perturb, generator=generator)
+        t = stratified_samples(t_near, t_far, n_samples, perturb=perturb, generator=generator, spacing=spacing)
         deltas = None
     if n_importance > 0:
         with torch.no_grad():
@@ -514,3 +516,55 @@ def render_triplane(
     dtype = planes.dtype
     rgb = add_background(rgb, opacity, background)
     return rgb.to(dtype), depth.to(dtype), opacity.to(dtype), None if weights is None else weights.to(dtype)
+
+
+#: What :func:`eg3d_render_options` sets per convention, beyond the rendering kwargs.
+CONVENTIONS = {
+    "openlrm": dict(axes=LRM_AXES, reduce="concat", mask_outside=True),
+    "eg3d": dict(axes=EG3D_AXES, reduce="mean", mask_outside=False),
+}
+
+
+def eg3d_render_options(rendering_kwargs: dict, *, convention: str = "openlrm") -> dict:
+    """:func:`render_triplane` keyword arguments for an EG3D / OpenLRM ``rendering_kwargs`` dict,
+    so a renderer written in their style can swap its ``ImportanceRenderer`` call for ours::
+
+        options = ff.ops.render_triplane.eg3d_render_options(self.rendering_kwargs)
+        rgb, depth, opacity, _ = ff.render_triplane(planes, ray_origins, ray_directions, decoder,
+                                                    background=bg_color, **options)
+        depth = (depth / opacity).nan_to_num(float("inf"))  # EG3D reports the normalised depth
+
+    Reads ``depth_resolution``, ``depth_resolution_importance``, ``ray_start`` / ``ray_end``
+    (numbers or ``"auto"``: the ray-box interval), ``box_warp``, ``disparity_space_sampling``,
+    ``clamp_mode`` (``"softplus"``: ``softplus(sigma - 1)``) and ``white_back``. ``convention``
+    adds the plane layout: ``"openlrm"`` (LRM_AXES, concat, samples outside the box empty) or
+    ``"eg3d"`` (EG3D_AXES, mean, the planes' zero padding outside).
+    """
+    op = "eg3d_render_options"
+    check_choice(op, "convention", convention, tuple(CONVENTIONS))
+    if not isinstance(rendering_kwargs, dict):
+        raise TypeError(f"{op}: rendering_kwargs must be a dict, got {type(rendering_kwargs).__name__}")
+    missing = [k for k in ("depth_resolution", "ray_start", "ray_end", "box_warp") if k not in rendering_kwargs]
+    if missing:
+        raise ValueError(f"{op}: rendering_kwargs lacks {missing}")
+    if rendering_kwargs.get("clamp_mode", "softplus") != "softplus":
+        raise ValueError(f"{op}: clamp_mode {rendering_kwargs['clamp_mode']!r} is not supported (EG3D uses 'softplus')")
+    start, end = rendering_kwargs["ray_start"], rendering_kwargs["ray_end"]
+    auto = start == "auto" or end == "auto"
+    if auto and not (start == "auto" and end == "auto"):
+        raise ValueError(f"{op}: ray_start and ray_end must both be 'auto' or both numbers, got {start!r}, {end!r}")
+    options = dict(
+        n_samples=int(rendering_kwargs["depth_resolution"]),
+        n_importance=int(rendering_kwargs.get("depth_resolution_importance", 0) or 0),
+        near=None if auto else float(start),
+        far=None if auto else float(end),
+        box_warp=float(rendering_kwargs["box_warp"]),
+        spacing="disparity" if rendering_kwargs.get("disparity_space_sampling", False) else "linear",
+        mode="eg3d",
+        density_activation="softplus",
+        density_bias=-1.0,
+        **CONVENTIONS[convention],
+    )
+    if rendering_kwargs.get("white_back", False):
+        options["background"] = 1.0
+    return options
