@@ -1,1 +1,3 @@
-"""The five methods (LRM, EG3D, SSDNeRF, ZeroRF, DiffRF), built on fastfields ops. Empty for now."""
+"""The methods built on fastfields ops, one module each: ``lrm`` (LRM / OpenLRM, with the ViT
+encoders in ``vit``), ``zerorf`` and ``tensorf`` (sparse-view VM fields, sharing ``field_vm``).
+EG3D, SSDNeRF and DiffRF are to come."""

@@ -17,6 +17,7 @@ DOCUMENTED_MODULES = [
     "fastfields.ops.attention",
     "fastfields.ops.render_triplane",
     "fastfields.export",
+    "fastfields.models.lrm",
 ]
 
 

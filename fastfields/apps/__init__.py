@@ -4,7 +4,7 @@
 
 import importlib
 
-APPS = ()
+APPS = ("lrm", "lrm_train")
 
 
 def register(commands) -> None:
