@@ -24,9 +24,9 @@ import triton.language as tl
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-GEOM_DELTAS: tl.constexpr = 0
-GEOM_INTERVALS: tl.constexpr = 1
-GEOM_MIDPOINTS: tl.constexpr = 2
+GEOM_DELTAS = tl.constexpr(0)
+GEOM_INTERVALS = tl.constexpr(1)
+GEOM_MIDPOINTS = tl.constexpr(2)
 
 
 # --------------------------------------------------------------------------- helpers

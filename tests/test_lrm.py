@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from conftest import backend_params
-from fastfields import _build
 from fastfields.models.lrm import (
     LRM,
     PRESETS,
@@ -322,16 +321,8 @@ def test_render_matches_openlrm_rays_and_chunking():
     torch.testing.assert_close(rgb_one[0, 0], full[0][0, 0, 1, 4])
 
 
-def _fused_source_missing(backend):
-    if backend == "triton":
-        return not (HERE.parent / "kernels" / "render_triplane.py").is_file()
-    return not (_build.csrc_dir() / backend / "render_triplane.cpp").is_file()
-
-
 @pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] in RENDER_IMPLEMENTED])
 def test_fused_render_matches_unfused(backend, device):
-    if _fused_source_missing(backend):
-        pytest.skip(f"the {backend} render_triplane kernel is not in this checkout yet")
     model = tiny().to(device)
     image = torch.rand(1, 3, 56, 56, device=device)
     c2w, intrinsics = model.turntable(1)

@@ -49,7 +49,7 @@ from ._common import compiled_ops
 from .triplane_sample import EG3D_AXES, LRM_AXES, _flat_axes
 
 OP = "render_triplane"
-IMPLEMENTED = ("torch",)  # the fused kernels land next
+IMPLEMENTED = ("torch", "triton", "cpu")
 REDUCES = ("concat", "sum", "mean")
 MODES = ("eg3d", "nerf")
 PADDINGS = ("zeros", "border")
@@ -229,8 +229,9 @@ def _render_pass_backward_op(
     )
     g_planes = torch.empty_like(planes)
     g_planes.copy_(g_planes_cl.permute(0, 1, 4, 2, 3))
-    g_weights = [g_first_w] + list(g_hidden_w.unbind(0)) + [g_last_w]
-    g_biases = [g_first_b] + list(g_hidden_b.unbind(0)) + [g_last_b]
+    # unbind gives views of one tensor, and a custom op's outputs may not alias each other
+    g_weights = [g_first_w] + [g.clone() for g in g_hidden_w.unbind(0)] + [g_last_w]
+    g_biases = [g_first_b] + [g.clone() for g in g_hidden_b.unbind(0)] + [g_last_b]
     return g_planes, [g.contiguous() for g in g_weights], [g.contiguous() for g in g_biases]
 
 
@@ -455,6 +456,8 @@ def render_triplane(
     params = list(decoder.parameters()) if isinstance(decoder, nn.Module) else []
     if name != "torch" or (backend == "auto" and spec is None):
         reason = "the decoder is not a TriplaneDecoder" if spec is None else spec.why_not_fusable()
+        if reason is None and planes.dtype == torch.float64:
+            reason = "float64 planes (the kernels compute in float32)"
         if reason is None and grad_on and any(
             isinstance(x, torch.Tensor) and x.requires_grad for x in (rays_o, rays_d, near, far)
         ):
