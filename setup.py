@@ -70,6 +70,7 @@ setup(
         "fastfields.bench",
         "fastfields.rendering",
         "fastfields.apps",
+        "fastfields._data",
         "fastfields.kernels",
         "fastfields.models",
         "fastfields.csrc",
@@ -79,9 +80,14 @@ setup(
         "fastfields.kernels": "kernels",
         "fastfields.models": "models",
         "fastfields.csrc": "csrc",
+        "fastfields._data": "data",
     },
     # The C++/CUDA sources travel with the package so the JIT build works from a wheel too.
-    package_data={"fastfields.csrc": ["*/*.cpp", "*/*.cu", "*/*.cuh", "include/fastfields/*.h"]},
+    package_data={
+        "fastfields.csrc": ["*/*.cpp", "*/*.cu", "*/*.cuh", "include/fastfields/*.h"],
+        # the NeRF-synthetic mic views the zerorf job and its tests default to
+        "fastfields._data": ["mic/*.npz", "mic/README.md"],
+    },
     install_requires=["torch>=2.4", "numpy", "ninja"],
     extras_require={
         "triton": ["triton>=3.0"],

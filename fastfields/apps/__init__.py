@@ -4,7 +4,7 @@
 
 import importlib
 
-APPS = ("lrm", "lrm_train")
+APPS = ("lrm", "lrm_train", "zerorf")
 
 
 def register(commands) -> None:

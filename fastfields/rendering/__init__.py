@@ -14,6 +14,7 @@ Plain PyTorch (none of it is a hot spot); every function documents its shapes.
 
 from .cameras import CONVENTIONS, orbit_cameras, ray_aabb_intersect, rays_from_cameras
 from .occupancy import OccupancyGrid, packed_info
+from .sh import sh_encode
 from .samplers import merge_samples, sample_pdf, smooth_weights, stratified_samples
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "ray_aabb_intersect",
     "rays_from_cameras",
     "sample_pdf",
+    "sh_encode",
     "smooth_weights",
     "stratified_samples",
 ]
