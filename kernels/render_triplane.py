@@ -154,8 +154,9 @@ def _plane_setup(u, v, W, H, ALIGN_CORNERS: tl.constexpr, BORDER: tl.constexpr):
         iy = tl.minimum(tl.maximum(iy, -2.0), H + 1)
     x0f = tl.floor(ix)
     y0f = tl.floor(iy)
-    x0 = x0f.to(tl.int64)
-    y0 = y0f.to(tl.int64)
+    # int32: the clamps above bound them, and 32-bit offsets halve the address registers.
+    x0 = x0f.to(tl.int32)
+    y0 = y0f.to(tl.int32)
     x0_in = (x0 >= 0) & (x0 < W)
     x1_in = (x0 + 1 >= 0) & (x0 + 1 < W)
     y0_in = (y0 >= 0) & (y0 < H)
@@ -164,12 +165,18 @@ def _plane_setup(u, v, W, H, ALIGN_CORNERS: tl.constexpr, BORDER: tl.constexpr):
 
 
 @triton.jit
-def _tap(plane_ptr, x0, y0, wx1, wy1, x0_in, x1_in, y0_in, y1_in, ok, offs_c, c_mask, C, W):
+def _tap(plane_ptr, x0, y0, wx1, wy1, x0_in, x1_in, y0_in, y1_in, ok, offs_c, C: tl.constexpr, W,
+         BLOCK_C: tl.constexpr):
     """Bilinear value [BLOCK_R, BLOCK_C] of one channel block of one channels-last plane."""
     # _grid._load_corners with the channels-last strides, written out: under the interpreter
-    # every nested jit call costs as much as a dozen tile operations.
-    top = plane_ptr + (y0 * (W * C) + x0 * C)[:, None] + offs_c[None, :]
-    c_ok = c_mask[None, :]
+    # every nested jit call costs as much as a dozen tile operations. int32 offsets from the
+    # plane's base (the launcher checks H * W * C < 2^31) and a compile-time C (the right
+    # neighbour is an immediate offset, and rows start 16-byte aligned when C allows it).
+    top = plane_ptr + ((y0 * W + x0) * C)[:, None] + offs_c[None, :]
+    if C % BLOCK_C == 0:
+        c_ok = offs_c[None, :] >= 0  # no channel tail: folds away
+    else:
+        c_ok = offs_c[None, :] < C
     v00 = tl.load(top, mask=(ok & y0_in & x0_in)[:, None] & c_ok, other=0.0).to(tl.float32)
     v01 = tl.load(top + C, mask=(ok & y0_in & x1_in)[:, None] & c_ok, other=0.0).to(tl.float32)
     v10 = tl.load(top + W * C, mask=(ok & y1_in & x0_in)[:, None] & c_ok, other=0.0).to(tl.float32)
@@ -182,12 +189,16 @@ def _tap(plane_ptr, x0, y0, wx1, wy1, x0_in, x1_in, y0_in, y1_in, ok, offs_c, c_
 
 
 @triton.jit
-def _scatter(grad_ptr, g, x0, y0, wx1, wy1, x0_in, x1_in, y0_in, y1_in, ok, offs_c, c_mask, C, W):
+def _scatter(grad_ptr, g, x0, y0, wx1, wy1, x0_in, x1_in, y0_in, y1_in, ok, offs_c, C: tl.constexpr, W,
+             BLOCK_C: tl.constexpr):
     """Add g [BLOCK_R, BLOCK_C] into one channels-last plane gradient through the 4 taps."""
     wx0 = 1 - wx1
     wy0 = 1 - wy1
-    c_ok = c_mask[None, :]
-    top = grad_ptr + (y0 * (W * C) + x0 * C)[:, None] + offs_c[None, :]
+    if C % BLOCK_C == 0:
+        c_ok = offs_c[None, :] >= 0
+    else:
+        c_ok = offs_c[None, :] < C
+    top = grad_ptr + ((y0 * W + x0) * C)[:, None] + offs_c[None, :]
     # Rays of a tile (and of neighbouring tiles) share texels, hence atomics.
     tl.atomic_add(top, g * (wx0 * wy0)[:, None], mask=(ok & y0_in & x0_in)[:, None] & c_ok)
     tl.atomic_add(top + C, g * (wx1 * wy0)[:, None], mask=(ok & y0_in & x1_in)[:, None] & c_ok)
