@@ -26,8 +26,18 @@ the compositing of ``csrc/include/fastfields/composite.h``; the bilinear taps ar
 
 Padding to tensor-core shapes: ``tl.dot`` needs every dimension >= 16, so the hidden
 width is padded to HD_P (a power of two >= 16), the outputs to O_P and the channels are
-read BLOCK_C (16, 32 or 64) at a time; padded weights load as zeros, so padded lanes stay
-exactly zero through every layer (and their activation derivatives multiply zeros).
+read BLOCK_C (16, 32 or 64) at a time. The launchers pack the decoder once per call
+(``_Packing``): transposed to [in, out] and zero-padded, so padded lanes stay exactly zero
+through every layer (their activation derivatives multiply zeros) and every weight tile is
+an unmasked load at compile-time strides; the weight gradients come back through padded
+replicas the launcher sums and unpads.
+
+Register budget (sm_90, OpenLRM: C = 80, hidden 64, two hidden layers): the channel count
+and output count are compile-time constants and texel offsets int32, so address and mask
+tiles stay small. Whatever is loop-invariant across the sample loop is hoisted and stays
+live (or spills) for all of it: hence no masked runtime-stride weight tiles, and the
+backward re-reads the rays per sample and runs eg3d's first step on zeros instead of
+peeling it off the loop.
 """
 
 from __future__ import annotations
@@ -207,14 +217,25 @@ def _scatter(grad_ptr, g, x0, y0, wx1, wy1, x0_in, x1_in, y0_in, y1_in, ok, offs
 
 
 # --------------------------------------------------------------------------- the decoder
+#
+# The launchers hand the kernels the decoder packed once per call (``_pack_decoder``): every
+# matrix transposed to the [in, out] orientation tl.dot wants for its B operand and
+# zero-padded to the padded widths, so each weight tile is an unmasked load at compile-time
+# strides. With runtime strides and masks, the [64, 64] offset / mask tiles of the weight
+# loads are loop-invariant, get hoisted out of the sample loop and pin about a hundred
+# registers for its whole length (measured on sm_90: all 255 registers and spills).
+#   w1t [NP, CP, HD_P]   first layer, plane k's channel c in row (k, c); NP = 3 concat, 1 sum /
+#                        mean; CP = NCB * BLOCK_C (channel tail rows are zero)
+#   b1 [HD_P]            hwt [L, HD_P, HD_P] / hb [L, HD_P]   hidden layers (W_i^T)
+#   lwt [HD_P, O_P]      lb [O_P]                             last layer (W^T)
 
 
 @triton.jit
-def _first_layer(planes_b, x, y, z, ok, first_w_ptr, first_b_ptr, C, H, W, HD,
+def _first_layer(planes_b, x, y, z, ok, w1t_ptr, b1_ptr, H, W,
                  AXIS_U0: tl.constexpr, AXIS_V0: tl.constexpr, AXIS_U1: tl.constexpr, AXIS_V1: tl.constexpr,
                  AXIS_U2: tl.constexpr, AXIS_V2: tl.constexpr, REDUCE: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
-                 BORDER: tl.constexpr, NCB: tl.constexpr, BLOCK_C: tl.constexpr, HD_P: tl.constexpr,
-                 BLOCK_R: tl.constexpr, DOT: tl.constexpr):
+                 BORDER: tl.constexpr, C: tl.constexpr, NCB: tl.constexpr, BLOCK_C: tl.constexpr,
+                 HD_P: tl.constexpr, BLOCK_R: tl.constexpr, DOT: tl.constexpr):
     """Pre-activation of the first layer [BLOCK_R, HD_P]: the features are built one channel
     block at a time and multiplied straight away, so the F-wide feature row never exists."""
     plane_size = H * W * C
@@ -232,39 +253,37 @@ def _first_layer(planes_b, x, y, z, ok, first_w_ptr, first_b_ptr, C, H, W, HD,
     a1, b1, wx1, wy1, xa1, xb1, ya1, yb1 = _plane_setup(u1, v1, W, H, ALIGN_CORNERS, BORDER)
     a2, b2, wx2, wy2, xa2, xb2, ya2, yb2 = _plane_setup(u2, v2, W, H, ALIGN_CORNERS, BORDER)
     offs_h = tl.arange(0, HD_P)
-    h_mask = offs_h < HD
-    F = 3 * C if REDUCE == REDUCE_CONCAT else C
-    acc = tl.zeros((BLOCK_R, HD_P), dtype=tl.float32) + tl.load(first_b_ptr + offs_h, mask=h_mask, other=0.0)[None, :]
+    # Offsets of a [BLOCK_C, HD_P] block of w1t: compile-time strides, no mask.
+    w_tile = tl.arange(0, BLOCK_C)[:, None] * HD_P + offs_h[None, :]
+    acc = tl.zeros((BLOCK_R, HD_P), dtype=tl.float32) + tl.load(b1_ptr + offs_h)[None, :]
     # A loop, not unrolled: the backward kernel inlines this twice and compile time grows fast.
     for cb in range(NCB):
         offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-        c_mask = offs_c < C
-        # W1^T block [BLOCK_C, HD_P] for plane-major features (k * C + c); zero padding.
-        w_ptr = first_w_ptr + offs_h[None, :] * F + offs_c[:, None]
-        w_mask = c_mask[:, None] & h_mask[None, :]
-        f0 = _tap(plane0, a0, b0, wx0, wy0, xa0, xb0, ya0, yb0, ok, offs_c, c_mask, C, W)
-        f1 = _tap(plane1, a1, b1, wx1, wy1, xa1, xb1, ya1, yb1, ok, offs_c, c_mask, C, W)
-        f2 = _tap(plane2, a2, b2, wx2, wy2, xa2, xb2, ya2, yb2, ok, offs_c, c_mask, C, W)
+        w_blk = w1t_ptr + cb * (BLOCK_C * HD_P)
+        f0 = _tap(plane0, a0, b0, wx0, wy0, xa0, xb0, ya0, yb0, ok, offs_c, C, W, BLOCK_C)
+        f1 = _tap(plane1, a1, b1, wx1, wy1, xa1, xb1, ya1, yb1, ok, offs_c, C, W, BLOCK_C)
+        f2 = _tap(plane2, a2, b2, wx2, wy2, xa2, xb2, ya2, yb2, ok, offs_c, C, W, BLOCK_C)
         if REDUCE == REDUCE_CONCAT:
-            acc = tl.dot(f0, tl.load(w_ptr, mask=w_mask, other=0.0), acc, input_precision=DOT)
-            acc = tl.dot(f1, tl.load(w_ptr + C, mask=w_mask, other=0.0), acc, input_precision=DOT)
-            acc = tl.dot(f2, tl.load(w_ptr + 2 * C, mask=w_mask, other=0.0), acc, input_precision=DOT)
+            acc = tl.dot(f0, tl.load(w_blk + w_tile), acc, input_precision=DOT)
+            acc = tl.dot(f1, tl.load(w_blk + NCB * BLOCK_C * HD_P + w_tile), acc, input_precision=DOT)
+            acc = tl.dot(f2, tl.load(w_blk + 2 * NCB * BLOCK_C * HD_P + w_tile), acc, input_precision=DOT)
         else:
             f = f0 + f1 + f2
             if REDUCE == REDUCE_MEAN:
                 f = f / 3.0
-            acc = tl.dot(f, tl.load(w_ptr, mask=w_mask, other=0.0), acc, input_precision=DOT)
+            acc = tl.dot(f, tl.load(w_blk + w_tile), acc, input_precision=DOT)
     return acc
 
 
 @triton.jit
-def _first_layer_backward(g_z1, planes_b, grad_b, x, y, z, ok, scatter_rows, first_w_ptr, ws_first_w, C, H, W, HD,
+def _first_layer_backward(g_z1, planes_b, grad_b, x, y, z, ok, scatter_rows, w1t_ptr, ws_w1, H, W,
                           AXIS_U0: tl.constexpr, AXIS_V0: tl.constexpr, AXIS_U1: tl.constexpr,
                           AXIS_V1: tl.constexpr, AXIS_U2: tl.constexpr, AXIS_V2: tl.constexpr,
                           REDUCE: tl.constexpr, ALIGN_CORNERS: tl.constexpr, BORDER: tl.constexpr,
-                          NCB: tl.constexpr, BLOCK_C: tl.constexpr, HD_P: tl.constexpr, DOT: tl.constexpr):
-    """dW1 += g_z1^T features (re-gathered per channel block) and the feature gradient
-    g_z1 W1 scattered into the planes through the same taps."""
+                          C: tl.constexpr, NCB: tl.constexpr, BLOCK_C: tl.constexpr, HD_P: tl.constexpr,
+                          DOT: tl.constexpr):
+    """dW1 += g_z1^T features (re-gathered per channel block, into ws_w1 [NP, HD_P, CP]) and
+    the feature gradient g_z1 W1 scattered into the planes through the same taps."""
     plane_size = H * W * C
     plane0 = planes_b
     plane1 = plane0 + plane_size
@@ -285,76 +304,73 @@ def _first_layer_backward(g_z1, planes_b, grad_b, x, y, z, ok, scatter_rows, fir
     # Only samples that can carry a gradient scatter (the rest would add exact zeros).
     hit = ok & scatter_rows
     offs_h = tl.arange(0, HD_P)
-    h_mask = offs_h < HD
-    F = 3 * C if REDUCE == REDUCE_CONCAT else C
+    offs_k = tl.arange(0, BLOCK_C)
+    CP: tl.constexpr = NCB * BLOCK_C
+    # [HD_P, BLOCK_C] blocks: W1 read out of w1t (transposed offsets), dW1 into ws_w1.
+    w_tile = offs_h[:, None] + offs_k[None, :] * HD_P
+    g_tile = offs_h[:, None] * CP + offs_k[None, :]
     g_z1_t = tl.trans(g_z1)
     for cb in range(NCB):
-        offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-        c_mask = offs_c < C
-        # W1 block [HD_P, BLOCK_C] (and its gradient, same addresses in a replica).
-        w_off = offs_h[:, None] * F + offs_c[None, :]
-        w_mask = h_mask[:, None] & c_mask[None, :]
-        f0 = _tap(plane0, a0, b0, wx0, wy0, xa0, xb0, ya0, yb0, ok, offs_c, c_mask, C, W)
-        f1 = _tap(plane1, a1, b1, wx1, wy1, xa1, xb1, ya1, yb1, ok, offs_c, c_mask, C, W)
-        f2 = _tap(plane2, a2, b2, wx2, wy2, xa2, xb2, ya2, yb2, ok, offs_c, c_mask, C, W)
+        offs_c = cb * BLOCK_C + offs_k
+        w_blk = w1t_ptr + cb * (BLOCK_C * HD_P)
+        g_blk = ws_w1 + cb * BLOCK_C
+        f0 = _tap(plane0, a0, b0, wx0, wy0, xa0, xb0, ya0, yb0, ok, offs_c, C, W, BLOCK_C)
+        f1 = _tap(plane1, a1, b1, wx1, wy1, xa1, xb1, ya1, yb1, ok, offs_c, C, W, BLOCK_C)
+        f2 = _tap(plane2, a2, b2, wx2, wy2, xa2, xb2, ya2, yb2, ok, offs_c, C, W, BLOCK_C)
         if REDUCE == REDUCE_CONCAT:
-            tl.atomic_add(ws_first_w + w_off, tl.dot(g_z1_t, f0, input_precision=DOT), mask=w_mask)
-            tl.atomic_add(ws_first_w + w_off + C, tl.dot(g_z1_t, f1, input_precision=DOT), mask=w_mask)
-            tl.atomic_add(ws_first_w + w_off + 2 * C, tl.dot(g_z1_t, f2, input_precision=DOT), mask=w_mask)
-            g0 = tl.dot(g_z1, tl.load(first_w_ptr + w_off, mask=w_mask, other=0.0), input_precision=DOT)
-            g1 = tl.dot(g_z1, tl.load(first_w_ptr + w_off + C, mask=w_mask, other=0.0), input_precision=DOT)
-            g2 = tl.dot(g_z1, tl.load(first_w_ptr + w_off + 2 * C, mask=w_mask, other=0.0), input_precision=DOT)
+            tl.atomic_add(g_blk + g_tile, tl.dot(g_z1_t, f0, input_precision=DOT))
+            tl.atomic_add(g_blk + HD_P * CP + g_tile, tl.dot(g_z1_t, f1, input_precision=DOT))
+            tl.atomic_add(g_blk + 2 * HD_P * CP + g_tile, tl.dot(g_z1_t, f2, input_precision=DOT))
+            g0 = tl.dot(g_z1, tl.load(w_blk + w_tile), input_precision=DOT)
+            g1 = tl.dot(g_z1, tl.load(w_blk + CP * HD_P + w_tile), input_precision=DOT)
+            g2 = tl.dot(g_z1, tl.load(w_blk + 2 * CP * HD_P + w_tile), input_precision=DOT)
         else:
             f = f0 + f1 + f2
             if REDUCE == REDUCE_MEAN:
                 f = f / 3.0
-            tl.atomic_add(ws_first_w + w_off, tl.dot(g_z1_t, f, input_precision=DOT), mask=w_mask)
-            g0 = tl.dot(g_z1, tl.load(first_w_ptr + w_off, mask=w_mask, other=0.0), input_precision=DOT)
+            tl.atomic_add(g_blk + g_tile, tl.dot(g_z1_t, f, input_precision=DOT))
+            g0 = tl.dot(g_z1, tl.load(w_blk + w_tile), input_precision=DOT)
             if REDUCE == REDUCE_MEAN:
                 g0 = g0 / 3.0
             g1 = g0
             g2 = g0
-        _scatter(grad0, g0, a0, b0, wx0, wy0, xa0, xb0, ya0, yb0, hit, offs_c, c_mask, C, W)
-        _scatter(grad1, g1, a1, b1, wx1, wy1, xa1, xb1, ya1, yb1, hit, offs_c, c_mask, C, W)
-        _scatter(grad2, g2, a2, b2, wx2, wy2, xa2, xb2, ya2, yb2, hit, offs_c, c_mask, C, W)
+        _scatter(grad0, g0, a0, b0, wx0, wy0, xa0, xb0, ya0, yb0, hit, offs_c, C, W, BLOCK_C)
+        _scatter(grad1, g1, a1, b1, wx1, wy1, xa1, xb1, ya1, yb1, hit, offs_c, C, W, BLOCK_C)
+        _scatter(grad2, g2, a2, b2, wx2, wy2, xa2, xb2, ya2, yb2, hit, offs_c, C, W, BLOCK_C)
 
 
 @triton.jit
-def _hidden_forward(h, hidden_w_ptr, hidden_b_ptr, n, HD, ACT: tl.constexpr, HD_P: tl.constexpr,
-                    DOT: tl.constexpr):
+def _hidden_forward(h, hwt_ptr, hb_ptr, n, ACT: tl.constexpr, HD_P: tl.constexpr, DOT: tl.constexpr):
     """The first n hidden layers on h [BLOCK_R, HD_P] (input of layer 0, already activated)."""
     offs_i = tl.arange(0, HD_P)
-    mask = (offs_i < HD)[:, None] & (offs_i < HD)[None, :]
+    w_tile = offs_i[:, None] * HD_P + offs_i[None, :]  # W_i^T [in, out]
     for i in range(n):
-        # W_i^T [in, out]; W_i is [out, in] row-major.
-        w_t = tl.load(hidden_w_ptr + i * HD * HD + offs_i[None, :] * HD + offs_i[:, None], mask=mask, other=0.0)
-        bias = tl.load(hidden_b_ptr + i * HD + offs_i, mask=offs_i < HD, other=0.0)
+        w_t = tl.load(hwt_ptr + i * (HD_P * HD_P) + w_tile)
+        bias = tl.load(hb_ptr + i * HD_P + offs_i)
         h = _hidden_act(tl.dot(h, w_t, input_precision=DOT) + bias[None, :], ACT)
     return h
 
 
 @triton.jit
-def _decode(planes_b, x, y, z, ok, first_w_ptr, first_b_ptr, hidden_w_ptr, hidden_b_ptr, last_w_ptr, last_b_ptr,
-            C, H, W, HD, O, L,
+def _decode(planes_b, x, y, z, ok, w1t_ptr, b1_ptr, hwt_ptr, hb_ptr, lwt_ptr, lb_ptr, H, W, L,
             AXIS_U0: tl.constexpr, AXIS_V0: tl.constexpr, AXIS_U1: tl.constexpr, AXIS_V1: tl.constexpr,
             AXIS_U2: tl.constexpr, AXIS_V2: tl.constexpr, REDUCE: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
-            BORDER: tl.constexpr, ACT: tl.constexpr, NCB: tl.constexpr, BLOCK_C: tl.constexpr,
+            BORDER: tl.constexpr, ACT: tl.constexpr, C: tl.constexpr, NCB: tl.constexpr, BLOCK_C: tl.constexpr,
             HD_P: tl.constexpr, O_P: tl.constexpr, BLOCK_R: tl.constexpr, DOT: tl.constexpr):
     """The first layer's pre-activation [BLOCK_R, HD_P] and the raw outputs [BLOCK_R, O_P]."""
-    z1 = _first_layer(planes_b, x, y, z, ok, first_w_ptr, first_b_ptr, C, H, W, HD,
+    z1 = _first_layer(planes_b, x, y, z, ok, w1t_ptr, b1_ptr, H, W,
                       AXIS_U0, AXIS_V0, AXIS_U1, AXIS_V1, AXIS_U2, AXIS_V2, REDUCE, ALIGN_CORNERS, BORDER,
-                      NCB, BLOCK_C, HD_P, BLOCK_R, DOT)
-    h = _hidden_forward(_hidden_act(z1, ACT), hidden_w_ptr, hidden_b_ptr, L, HD, ACT, HD_P, DOT)
+                      C, NCB, BLOCK_C, HD_P, BLOCK_R, DOT)
+    h = _hidden_forward(_hidden_act(z1, ACT), hwt_ptr, hb_ptr, L, ACT, HD_P, DOT)
     offs_h = tl.arange(0, HD_P)
     offs_o = tl.arange(0, O_P)
-    w_t = tl.load(last_w_ptr + offs_o[None, :] * HD + offs_h[:, None],
-                  mask=(offs_h < HD)[:, None] & (offs_o < O)[None, :], other=0.0)
-    bias = tl.load(last_b_ptr + offs_o, mask=offs_o < O, other=0.0)
+    w_t = tl.load(lwt_ptr + offs_h[:, None] * O_P + offs_o[None, :])
+    bias = tl.load(lb_ptr + offs_o)
     return z1, tl.dot(h, w_t, input_precision=DOT) + bias[None, :]
 
 
 @triton.jit
-def _split_outputs(out, O, COLOR: tl.constexpr, O_P: tl.constexpr):
+def _split_outputs(out, O: tl.constexpr, COLOR: tl.constexpr, O_P: tl.constexpr):
     """Raw density [BLOCK_R] (column 0) and activated colour [BLOCK_R, O_P] (columns 1..O-1,
     zero elsewhere, so colour sums can run over the whole padded tile)."""
     cols = tl.arange(0, O_P)
@@ -370,8 +386,12 @@ def _fwd_configs():
     if _INTERPRET:
         # The interpreter's cost is per operation, hardly per element: one wide tile.
         return [triton.Config({"BLOCK_R": 32}, num_warps=4)]
-    # Few configs: the kernel is large, and each one is compiled on the first call.
-    return [triton.Config({"BLOCK_R": br}, num_warps=w) for br in (32, 64) for w in (4, 8)]
+    # Few configs: the kernel is large, and each one is compiled on the first call. The last
+    # one skips the software pipelining of the channel-block loop: its prefetch buffers and
+    # their addresses are what spills the wide tiles (OpenLRM on sm_90: 0 bytes of spill at
+    # 252 registers, against about 300 with the default stages).
+    return ([triton.Config({"BLOCK_R": br}, num_warps=w) for br in (32, 64) for w in (4, 8)]
+            + [triton.Config({"BLOCK_R": 64}, num_warps=8, num_stages=1)])
 
 
 def _prune_fwd_configs(configs, named_args, **kwargs):
@@ -383,20 +403,20 @@ def _prune_fwd_configs(configs, named_args, **kwargs):
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_R"])]
 
 
-@triton.autotune(configs=_fwd_configs(), key=["C", "HD", "O", "L"],
+@triton.autotune(configs=_fwd_configs(), key=["C", "HD_P", "O", "L"],
                  prune_configs_by={"early_config_prune": _prune_fwd_configs})
 @triton.jit
 def _render_fwd_kernel(
     planes_ptr, rays_o_ptr, rays_d_ptr, t_ptr, deltas_ptr,
-    first_w_ptr, first_b_ptr, hidden_w_ptr, hidden_b_ptr, last_w_ptr, last_b_ptr,
+    w1t_ptr, b1_ptr, hwt_ptr, hb_ptr, lwt_ptr, lb_ptr,
     rgb_ptr, depth_ptr, opacity_ptr, weights_ptr,
-    R, S, C, H, W, HD, O, L,
+    R, S, H, W, L,
     scale, density_bias, distance_scale, t_threshold,
     AXIS_U0: tl.constexpr, AXIS_V0: tl.constexpr, AXIS_U1: tl.constexpr, AXIS_V1: tl.constexpr,
     AXIS_U2: tl.constexpr, AXIS_V2: tl.constexpr, REDUCE: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
     BORDER: tl.constexpr, ACT: tl.constexpr, COLOR: tl.constexpr, MODE: tl.constexpr, DENSITY: tl.constexpr,
-    MASK_OUTSIDE: tl.constexpr, WEIGHTS: tl.constexpr, NCB: tl.constexpr, BLOCK_C: tl.constexpr,
-    HD_P: tl.constexpr, O_P: tl.constexpr, DOT: tl.constexpr, BLOCK_R: tl.constexpr,
+    MASK_OUTSIDE: tl.constexpr, WEIGHTS: tl.constexpr, C: tl.constexpr, O: tl.constexpr, NCB: tl.constexpr,
+    BLOCK_C: tl.constexpr, HD_P: tl.constexpr, O_P: tl.constexpr, DOT: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     # Batch folded into axis 0 (axis 1/2 of a CUDA grid top out at 65535).
     n_tiles = tl.cdiv(R, BLOCK_R)
@@ -440,9 +460,9 @@ def _render_fwd_kernel(
         has_interval = (tl.zeros((BLOCK_R,), dtype=tl.int32) + s) >= MODE
         t = tl.load(t_ptr + samples + s, mask=rows, other=0.0)
         x, y, z, ok, outside = _coords(ox, oy, oz, dx, dy, dz, t, scale, rows)
-        _, out = _decode(planes_b, x, y, z, ok, first_w_ptr, first_b_ptr, hidden_w_ptr, hidden_b_ptr, last_w_ptr,
-                         last_b_ptr, C, H, W, HD, O, L, AXIS_U0, AXIS_V0, AXIS_U1, AXIS_V1, AXIS_U2, AXIS_V2,
-                         REDUCE, ALIGN_CORNERS, BORDER, ACT, NCB, BLOCK_C, HD_P, O_P, BLOCK_R, DOT)
+        _, out = _decode(planes_b, x, y, z, ok, w1t_ptr, b1_ptr, hwt_ptr, hb_ptr, lwt_ptr, lb_ptr, H, W, L,
+                         AXIS_U0, AXIS_V0, AXIS_U1, AXIS_V1, AXIS_U2, AXIS_V2, REDUCE, ALIGN_CORNERS, BORDER, ACT,
+                         C, NCB, BLOCK_C, HD_P, O_P, BLOCK_R, DOT)
         raw, colour = _split_outputs(out, O, COLOR, O_P)
         if MASK_OUTSIDE:
             empty = outside
@@ -493,48 +513,45 @@ def _render_fwd_kernel(
 
 @triton.jit
 def _sample_backward(g_raw, colour_w, g_rgb, z1, out, x, y, z, ok, scatter_rows,
-                     planes_b, grad_b, first_w_ptr, hidden_w_ptr, hidden_b_ptr, last_w_ptr,
-                     ws_first_w, ws_hidden_w, ws_hidden_b, g_first_b, g_last_w, g_last_b,
-                     C, H, W, HD, O, L,
+                     planes_b, grad_b, w1t_ptr, hwt_ptr, hb_ptr, lwt_ptr,
+                     ws_w1, ws_hw, ws_hb, g_first_b, g_last_w, g_last_b, H, W, L,
                      AXIS_U0: tl.constexpr, AXIS_V0: tl.constexpr, AXIS_U1: tl.constexpr,
                      AXIS_V1: tl.constexpr, AXIS_U2: tl.constexpr, AXIS_V2: tl.constexpr,
                      REDUCE: tl.constexpr, ALIGN_CORNERS: tl.constexpr, BORDER: tl.constexpr,
-                     ACT: tl.constexpr, COLOR: tl.constexpr, NCB: tl.constexpr, BLOCK_C: tl.constexpr,
-                     HD_P: tl.constexpr, O_P: tl.constexpr, DOT: tl.constexpr):
+                     ACT: tl.constexpr, COLOR: tl.constexpr, C: tl.constexpr, NCB: tl.constexpr,
+                     BLOCK_C: tl.constexpr, HD_P: tl.constexpr, O_P: tl.constexpr, DOT: tl.constexpr):
     """Back-propagate one sample's output gradient (raw: g_raw, colour: colour_w * g_rgb)
-    through the colour activation and the MLP; returns the register-held gradients."""
+    through the colour activation and the MLP; returns the register-held gradients. Weights
+    are the packed ones (see the decoder section); ws_hw [L, HD_P, HD_P] takes dW_i [out, in]."""
     cols = tl.arange(0, O_P)
     g_colour = colour_w[:, None] * g_rgb * _color_act_grad(out, COLOR)
     g_out = tl.where(cols[None, :] == 0, g_raw[:, None], g_colour)
     g_out = tl.where(scatter_rows[:, None], g_out, 0.0)
 
     offs_h = tl.arange(0, HD_P)
-    h_mask = offs_h < HD
-    hh_mask = h_mask[:, None] & h_mask[None, :]
     h0 = _hidden_act(z1, ACT)
-    h_top = _hidden_forward(h0, hidden_w_ptr, hidden_b_ptr, L, HD, ACT, HD_P, DOT)
+    h_top = _hidden_forward(h0, hwt_ptr, hb_ptr, L, ACT, HD_P, DOT)
     g_last_w += tl.dot(tl.trans(g_out), h_top, input_precision=DOT)
     g_last_b += tl.sum(g_out, axis=0)
-    last_w = tl.load(last_w_ptr + cols[:, None] * HD + offs_h[None, :],
-                     mask=(cols < O)[:, None] & h_mask[None, :], other=0.0)
+    # W [O_P, HD_P] read out of lwt [HD_P, O_P].
+    last_w = tl.load(lwt_ptr + cols[:, None] + offs_h[None, :] * O_P)
     g_h = tl.dot(g_out, last_w, input_precision=DOT)
+    hh_tile = offs_h[:, None] * HD_P + offs_h[None, :]
     for step in range(L):
         i = L - 1 - step
         # Recompute layer i's input and pre-activation from h0 (nothing per layer is kept).
-        h_in = _hidden_forward(h0, hidden_w_ptr, hidden_b_ptr, i, HD, ACT, HD_P, DOT)
-        w_i = hidden_w_ptr + i * HD * HD + offs_h[:, None] * HD + offs_h[None, :]   # [out, in]
-        w_t = tl.load(hidden_w_ptr + i * HD * HD + offs_h[None, :] * HD + offs_h[:, None], mask=hh_mask, other=0.0)
-        bias = tl.load(hidden_b_ptr + i * HD + offs_h, mask=h_mask, other=0.0)
+        h_in = _hidden_forward(h0, hwt_ptr, hb_ptr, i, ACT, HD_P, DOT)
+        w_t = tl.load(hwt_ptr + i * (HD_P * HD_P) + hh_tile)  # W_i^T [in, out]
+        bias = tl.load(hb_ptr + i * HD_P + offs_h)
         g_z = g_h * _hidden_act_grad(tl.dot(h_in, w_t, input_precision=DOT) + bias[None, :], ACT)
-        tl.atomic_add(ws_hidden_w + i * HD * HD + offs_h[:, None] * HD + offs_h[None, :],
-                      tl.dot(tl.trans(g_z), h_in, input_precision=DOT), mask=hh_mask)
-        tl.atomic_add(ws_hidden_b + i * HD + offs_h, tl.sum(g_z, axis=0), mask=h_mask)
-        g_h = tl.dot(g_z, tl.load(w_i, mask=hh_mask, other=0.0), input_precision=DOT)
+        tl.atomic_add(ws_hw + i * (HD_P * HD_P) + hh_tile, tl.dot(tl.trans(g_z), h_in, input_precision=DOT))
+        tl.atomic_add(ws_hb + i * HD_P + offs_h, tl.sum(g_z, axis=0))
+        g_h = tl.dot(g_z, tl.trans(w_t), input_precision=DOT)
     g_z1 = g_h * _hidden_act_grad(z1, ACT)
     g_first_b += tl.sum(g_z1, axis=0)
-    _first_layer_backward(g_z1, planes_b, grad_b, x, y, z, ok, scatter_rows, first_w_ptr, ws_first_w, C, H, W, HD,
+    _first_layer_backward(g_z1, planes_b, grad_b, x, y, z, ok, scatter_rows, w1t_ptr, ws_w1, H, W,
                           AXIS_U0, AXIS_V0, AXIS_U1, AXIS_V1, AXIS_U2, AXIS_V2, REDUCE, ALIGN_CORNERS, BORDER,
-                          NCB, BLOCK_C, HD_P, DOT)
+                          C, NCB, BLOCK_C, HD_P, DOT)
     return g_first_b, g_last_w, g_last_b
 
 
@@ -550,15 +567,14 @@ def _bwd_block_r(args):
 def _render_bwd_kernel(
     grad_rgb_ptr, grad_depth_ptr, grad_opacity_ptr, total_ptr,
     planes_ptr, rays_o_ptr, rays_d_ptr, t_ptr, deltas_ptr,
-    first_w_ptr, first_b_ptr, hidden_w_ptr, hidden_b_ptr, last_w_ptr, last_b_ptr,
-    grad_planes_ptr, ws_first_w_ptr, ws_first_b_ptr, ws_hidden_w_ptr, ws_hidden_b_ptr, ws_last_w_ptr,
-    ws_last_b_ptr,
-    R, S, C, H, W, HD, O, L, NREP,
+    w1t_ptr, b1_ptr, hwt_ptr, hb_ptr, lwt_ptr, lb_ptr,
+    grad_planes_ptr, ws_w1_ptr, ws_b1_ptr, ws_hw_ptr, ws_hb_ptr, ws_lw_ptr, ws_lb_ptr,
+    R, S, H, W, L, NREP,
     scale, density_bias, distance_scale,
     AXIS_U0: tl.constexpr, AXIS_V0: tl.constexpr, AXIS_U1: tl.constexpr, AXIS_V1: tl.constexpr,
     AXIS_U2: tl.constexpr, AXIS_V2: tl.constexpr, REDUCE: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
     BORDER: tl.constexpr, ACT: tl.constexpr, COLOR: tl.constexpr, MODE: tl.constexpr, DENSITY: tl.constexpr,
-    MASK_OUTSIDE: tl.constexpr, NCB: tl.constexpr, BLOCK_C: tl.constexpr,
+    MASK_OUTSIDE: tl.constexpr, C: tl.constexpr, O: tl.constexpr, NCB: tl.constexpr, BLOCK_C: tl.constexpr,
     HD_P: tl.constexpr, O_P: tl.constexpr, DOT: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     n_tiles = tl.cdiv(R, BLOCK_R)
@@ -567,22 +583,16 @@ def _render_bwd_kernel(
     offs_r = (pid % n_tiles) * BLOCK_R + tl.arange(0, BLOCK_R)
     rows = offs_r < R
     ray = b * R + offs_r
-    ox = tl.load(rays_o_ptr + ray * 3, mask=rows, other=0.0)
-    oy = tl.load(rays_o_ptr + ray * 3 + 1, mask=rows, other=0.0)
-    oz = tl.load(rays_o_ptr + ray * 3 + 2, mask=rows, other=0.0)
-    dx = tl.load(rays_d_ptr + ray * 3, mask=rows, other=0.0)
-    dy = tl.load(rays_d_ptr + ray * 3 + 1, mask=rows, other=0.0)
-    dz = tl.load(rays_d_ptr + ray * 3 + 2, mask=rows, other=0.0)
     planes_b = planes_ptr + b * 3 * H * W * C
     grad_b = grad_planes_ptr + b * 3 * H * W * C
     samples = ray * S
 
-    # This program's weight-gradient replica.
+    # This program's weight-gradient replica (packed layouts, see the launcher).
     rep = (pid % NREP).to(tl.int64)
-    F = 3 * C if REDUCE == REDUCE_CONCAT else C
-    ws_first_w = ws_first_w_ptr + rep * HD * F
-    ws_hidden_w = ws_hidden_w_ptr + rep * L * HD * HD
-    ws_hidden_b = ws_hidden_b_ptr + rep * L * HD
+    NP: tl.constexpr = 3 if REDUCE == REDUCE_CONCAT else 1
+    ws_w1 = ws_w1_ptr + rep * (NP * HD_P * NCB * BLOCK_C)
+    ws_hw = ws_hw_ptr + rep * L * (HD_P * HD_P)
+    ws_hb = ws_hb_ptr + rep * L * HD_P
 
     cols = tl.arange(0, O_P)
     out_cols = (cols >= 1) & (cols < O)
@@ -602,37 +612,48 @@ def _render_bwd_kernel(
     if MODE == MODE_EG3D:
         eps = EG3D_EPS
         # Sample k is an end of intervals k - 1 and k: it is back-propagated one step late,
-        # once both halves of its gradient are known; sample 0 is peeled off the walk.
-        prev_t = tl.load(t_ptr + samples, mask=rows, other=0.0)
-        prev_x, prev_y, prev_z, prev_ok, prev_outside = _coords(ox, oy, oz, dx, dy, dz, prev_t, scale, rows)
-        prev_z1, prev_out = _decode(planes_b, prev_x, prev_y, prev_z, prev_ok, first_w_ptr, first_b_ptr,
-                                    hidden_w_ptr, hidden_b_ptr, last_w_ptr, last_b_ptr, C, H, W, HD, O, L,
-                                    AXIS_U0, AXIS_V0, AXIS_U1, AXIS_V1, AXIS_U2, AXIS_V2, REDUCE, ALIGN_CORNERS,
-                                    BORDER, ACT, NCB, BLOCK_C, HD_P, O_P, BLOCK_R, DOT)
-        prev_raw, prev_colour = _split_outputs(prev_out, O, COLOR, O_P)
-        if MASK_OUTSIDE:
-            prev_empty = prev_outside
-        else:
-            prev_empty = offs_r < 0  # no sample is empty
-        prev_raw = tl.where(prev_empty, 0.0, prev_raw)
-        carry_raw = tl.zeros((BLOCK_R,), dtype=tl.float32)
-        carry_w = tl.zeros((BLOCK_R,), dtype=tl.float32)
-        # One step past the last sample: it back-propagates sample S - 1 (the step's own
-        # sample is masked out). Cheaper to compile than a second inlined _sample_backward.
-        first = 1
+        # once both halves of its gradient are known. Step 0 has no previous sample (its
+        # back-propagation runs on zeros, fully masked) and step S no sample of its own: one
+        # inlined decode and MLP backward serve every step, where peeling sample 0 off the
+        # walk would inline a second decode whose values stay live across the loop.
+        prev_t = tl.zeros((BLOCK_R,), dtype=tl.float32)
+        prev_x = tl.zeros((BLOCK_R,), dtype=tl.float32)
+        prev_y = prev_x
+        prev_z = prev_x
+        prev_ok = offs_r < 0
+        prev_empty = prev_ok
+        prev_raw = prev_x
+        prev_z1 = tl.zeros((BLOCK_R, HD_P), dtype=tl.float32)
+        prev_out = tl.zeros((BLOCK_R, O_P), dtype=tl.float32)
+        prev_colour = prev_out
+        carry_raw = prev_x
+        carry_w = prev_x
         stop = S + 1
     else:
         eps = 0.0
-        first = 0
         stop = S
 
-    for s in range(first, stop):
-        current = rows & ((tl.zeros((BLOCK_R,), dtype=tl.int32) + s) < S)
+    for s in range(0, stop):
+        step = tl.zeros((BLOCK_R,), dtype=tl.int32) + s
+        current = rows & (step < S)
+        if MODE == MODE_EG3D:
+            interval = current & (step >= 1)  # interval s - 1 ends at sample s
+            has_prev = rows & (step >= 1)
+        else:
+            interval = current
         t = tl.load(t_ptr + samples + s, mask=current, other=0.0)
+        # The rays are re-read per sample (cache hits) under a mask the compiler cannot hoist:
+        # kept across the loop they stay live, and in every layout their users need.
+        ox = tl.load(rays_o_ptr + ray * 3, mask=current, other=0.0)
+        oy = tl.load(rays_o_ptr + ray * 3 + 1, mask=current, other=0.0)
+        oz = tl.load(rays_o_ptr + ray * 3 + 2, mask=current, other=0.0)
+        dx = tl.load(rays_d_ptr + ray * 3, mask=current, other=0.0)
+        dy = tl.load(rays_d_ptr + ray * 3 + 1, mask=current, other=0.0)
+        dz = tl.load(rays_d_ptr + ray * 3 + 2, mask=current, other=0.0)
         x, y, z, ok, outside = _coords(ox, oy, oz, dx, dy, dz, t, scale, current)
-        z1, out = _decode(planes_b, x, y, z, ok, first_w_ptr, first_b_ptr, hidden_w_ptr, hidden_b_ptr, last_w_ptr,
-                          last_b_ptr, C, H, W, HD, O, L, AXIS_U0, AXIS_V0, AXIS_U1, AXIS_V1, AXIS_U2, AXIS_V2,
-                          REDUCE, ALIGN_CORNERS, BORDER, ACT, NCB, BLOCK_C, HD_P, O_P, BLOCK_R, DOT)
+        z1, out = _decode(planes_b, x, y, z, ok, w1t_ptr, b1_ptr, hwt_ptr, hb_ptr, lwt_ptr, lb_ptr, H, W, L,
+                          AXIS_U0, AXIS_V0, AXIS_U1, AXIS_V1, AXIS_U2, AXIS_V2, REDUCE, ALIGN_CORNERS, BORDER, ACT,
+                          C, NCB, BLOCK_C, HD_P, O_P, BLOCK_R, DOT)
         raw, colour = _split_outputs(out, O, COLOR, O_P)
         if MASK_OUTSIDE:
             empty = outside
@@ -660,7 +681,7 @@ def _render_bwd_kernel(
         decay = tl.exp(-(sigma * length))
         alpha = 1.0 - decay
         factor = (1.0 - alpha) + eps
-        w = tl.where(current, trans * alpha, 0.0)
+        w = tl.where(interval, trans * alpha, 0.0)
         v = tl.sum(g_rgb * colour_j, axis=1) + g_depth * depth_j + g_opacity
         prefix += w * v
         nxt = trans * factor
@@ -671,16 +692,16 @@ def _render_bwd_kernel(
         else:
             ratio = 1.0  # d T_later / d tau = -T_later exactly when eps = 0
         d_tau = trans * decay * v - ratio * suffix
-        g_raw_j = tl.where(current, d_tau * length * d_sigma, 0.0)
-        trans = tl.where(current, nxt, trans)
+        g_raw_j = tl.where(interval, d_tau * length * d_sigma, 0.0)
+        trans = tl.where(interval, nxt, trans)
 
         if MODE == MODE_EG3D:
             g_first_b, g_last_w, g_last_b = _sample_backward(
                 carry_raw + 0.5 * g_raw_j, carry_w + 0.5 * w, g_rgb, prev_z1, prev_out, prev_x, prev_y, prev_z,
-                prev_ok, rows & ~prev_empty, planes_b, grad_b, first_w_ptr, hidden_w_ptr, hidden_b_ptr, last_w_ptr,
-                ws_first_w, ws_hidden_w, ws_hidden_b, g_first_b, g_last_w, g_last_b, C, H, W, HD, O, L,
+                prev_ok, has_prev & ~prev_empty, planes_b, grad_b, w1t_ptr, hwt_ptr, hb_ptr, lwt_ptr,
+                ws_w1, ws_hw, ws_hb, g_first_b, g_last_w, g_last_b, H, W, L,
                 AXIS_U0, AXIS_V0, AXIS_U1, AXIS_V1, AXIS_U2, AXIS_V2, REDUCE, ALIGN_CORNERS, BORDER, ACT, COLOR,
-                NCB, BLOCK_C, HD_P, O_P, DOT)
+                C, NCB, BLOCK_C, HD_P, O_P, DOT)
             carry_raw = 0.5 * g_raw_j
             carry_w = 0.5 * w
             prev_raw = raw
@@ -695,17 +716,15 @@ def _render_bwd_kernel(
             prev_ok = ok
         else:
             g_first_b, g_last_w, g_last_b = _sample_backward(
-                g_raw_j, w, g_rgb, z1, out, x, y, z, ok, rows & ~empty, planes_b, grad_b, first_w_ptr, hidden_w_ptr,
-                hidden_b_ptr, last_w_ptr, ws_first_w, ws_hidden_w, ws_hidden_b, g_first_b, g_last_w, g_last_b,
-                C, H, W, HD, O, L, AXIS_U0, AXIS_V0, AXIS_U1, AXIS_V1, AXIS_U2, AXIS_V2, REDUCE, ALIGN_CORNERS,
-                BORDER, ACT, COLOR, NCB, BLOCK_C, HD_P, O_P, DOT)
+                g_raw_j, w, g_rgb, z1, out, x, y, z, ok, rows & ~empty, planes_b, grad_b, w1t_ptr, hwt_ptr,
+                hb_ptr, lwt_ptr, ws_w1, ws_hw, ws_hb, g_first_b, g_last_w, g_last_b, H, W, L,
+                AXIS_U0, AXIS_V0, AXIS_U1, AXIS_V1, AXIS_U2, AXIS_V2, REDUCE, ALIGN_CORNERS,
+                BORDER, ACT, COLOR, C, NCB, BLOCK_C, HD_P, O_P, DOT)
 
     offs_h = tl.arange(0, HD_P)
-    h_mask = offs_h < HD
-    tl.atomic_add(ws_first_b_ptr + rep * HD + offs_h, g_first_b, mask=h_mask)
-    tl.atomic_add(ws_last_w_ptr + rep * O * HD + cols[:, None] * HD + offs_h[None, :], g_last_w,
-                  mask=(cols < O)[:, None] & h_mask[None, :])
-    tl.atomic_add(ws_last_b_ptr + rep * O + cols, g_last_b, mask=cols < O)
+    tl.atomic_add(ws_b1_ptr + rep * HD_P + offs_h, g_first_b)
+    tl.atomic_add(ws_lw_ptr + rep * (O_P * HD_P) + cols[:, None] * HD_P + offs_h[None, :], g_last_w)
+    tl.atomic_add(ws_lb_ptr + rep * O_P + cols, g_last_b)
 
 
 # --------------------------------------------------------------------------- launchers
@@ -756,7 +775,57 @@ def _check(planes_cl, rays_o, rays_d, t, deltas, first_w, first_b, hidden_w, hid
         raise ValueError(f"render_triplane: the decoder must output density + colour (O >= 2), got O = {O}")
     if len(axes) != 6 or any(int(a) not in (0, 1, 2) for a in axes):
         raise ValueError(f"render_triplane: axes must be 6 ints in {{0, 1, 2}}, got {list(axes)}")
+    # Texel offsets within a plane are int32 (tap indices reach one texel beyond each side).
+    if (H + 2) * (W + 2) * C >= 2 ** 31:
+        raise ValueError(f"render_triplane: one plane of H x W x C = {H} x {W} x {C} is too large for the "
+                         "kernels' 32-bit texel offsets (at most about 2^31 values per plane)")
     return B, R, S, C, H, W, HD, O, L
+
+
+class _Packing:
+    """Padded sizes of the packed decoder (see the kernels' decoder section)."""
+
+    def __init__(self, C: int, HD: int, O: int, L: int, reduce: int):
+        self.C, self.HD, self.O, self.L = C, HD, O, L
+        self.n_planes = 3 if reduce == REDUCE_CONCAT else 1
+        self.block_c = _block_c(C)
+        self.ncb = triton.cdiv(C, self.block_c)
+        self.cp = self.ncb * self.block_c
+        self.hd_p = _pow2_at_least_16(HD)
+        self.o_p = _pow2_at_least_16(O)
+
+    def pack(self, first_w, first_b, hidden_w, hidden_b, last_w, last_b):
+        """The decoder transposed to [in, out] and zero-padded: w1t [NP, CP, HD_P], b1 [HD_P],
+        hwt [max(L, 1), HD_P, HD_P], hb [max(L, 1), HD_P], lwt [HD_P, O_P], lb [O_P] (a few KB:
+        rebuilt per call, so the kernels always see the current parameters)."""
+        NP, C, HD, O, L, CP, HD_P, O_P = self.n_planes, self.C, self.HD, self.O, self.L, self.cp, self.hd_p, self.o_p
+        new = lambda *shape: first_w.new_zeros(shape)
+        w1t, b1, hwt, hb, lwt, lb = new(NP, CP, HD_P), new(HD_P), new(max(L, 1), HD_P, HD_P), new(max(L, 1), HD_P), \
+            new(HD_P, O_P), new(O_P)
+        w1t[:, :C, :HD] = first_w.t().reshape(NP, C, HD)
+        b1[:HD] = first_b
+        hwt[:L, :HD, :HD] = hidden_w.transpose(1, 2)
+        hb[:L, :HD] = hidden_b
+        lwt[:HD, :O] = last_w.t()
+        lb[:O] = last_b
+        return w1t, b1, hwt, hb, lwt, lb
+
+    def workspaces(self, n_rep: int, device):
+        """Zeroed weight-gradient replicas in the layouts the backward adds into:
+        dW1 [NP, HD_P, CP], db1 [HD_P], dW_i [L, HD_P, HD_P] ([out, in]), db_i [L, HD_P],
+        dW_last [O_P, HD_P], db_last [O_P], each with a leading [n_rep]."""
+        shapes = ((self.n_planes, self.hd_p, self.cp), (self.hd_p,), (max(self.L, 1), self.hd_p, self.hd_p),
+                  (max(self.L, 1), self.hd_p), (self.o_p, self.hd_p), (self.o_p,))
+        return [torch.zeros((n_rep,) + shape, device=device, dtype=torch.float32) for shape in shapes]
+
+    def unpack_grads(self, ws):
+        """Sum the replicas and undo the padding / transposition: the gradients in the
+        shapes of (first_w, first_b, hidden_w, hidden_b, last_w, last_b)."""
+        NP, C, HD, O, L = self.n_planes, self.C, self.HD, self.O, self.L
+        w1, b1, hw, hb, lw, lb = (w.sum(0) for w in ws)
+        g_first_w = w1[:, :HD, :C].permute(1, 0, 2).reshape(HD, NP * C)
+        return (g_first_w.contiguous(), b1[:HD].contiguous(), hw[:L, :HD, :HD].contiguous(),
+                hb[:L, :HD].contiguous(), lw[:O, :HD].contiguous(), lb[:O].contiguous())
 
 
 def _axes_kwargs(axes: Sequence[int]) -> dict:
@@ -795,18 +864,18 @@ def render_triplane_fwd(planes_cl, rays_o, rays_d, t, deltas, first_w, first_b, 
     weights = torch.zeros((B, R, width) if return_weights else (0,), device=device, dtype=torch.float32)
     if B * R == 0 or S == 0:
         return rgb, depth, opacity, weights
-    block_c = _block_c(C)
+    pk = _Packing(C, HD, O, L, reduce)
     grid = lambda meta: (B * triton.cdiv(R, meta["BLOCK_R"]),)
     _render_fwd_kernel[grid](
         planes_cl, rays_o, rays_d, t, t if deltas is None else deltas,
-        first_w, first_b, hidden_w, hidden_b, last_w, last_b,
+        *pk.pack(first_w, first_b, hidden_w, hidden_b, last_w, last_b),
         rgb, depth, opacity, weights if return_weights else rgb,
-        R, S, C, H, W, HD, O, L,
+        R, S, H, W, L,
         float(scale), float(density_bias), float(distance_scale), float(t_threshold),
         **_axes_kwargs(axes), REDUCE=int(reduce), ALIGN_CORNERS=bool(align_corners), BORDER=int(padding) == 1,
         ACT=int(activation), COLOR=int(color_act), MODE=int(mode), DENSITY=int(density_activation),
-        MASK_OUTSIDE=bool(mask_outside), WEIGHTS=bool(return_weights), NCB=triton.cdiv(C, block_c),
-        BLOCK_C=block_c, HD_P=_pow2_at_least_16(HD), O_P=_pow2_at_least_16(O), DOT=DOT_PRECISION,
+        MASK_OUTSIDE=bool(mask_outside), WEIGHTS=bool(return_weights), C=C, O=O, NCB=pk.ncb,
+        BLOCK_C=pk.block_c, HD_P=pk.hd_p, O_P=pk.o_p, DOT=DOT_PRECISION,
     )
     return rgb, depth, opacity, weights
 
@@ -838,30 +907,22 @@ def render_triplane_bwd(grad_rgb, grad_depth, grad_opacity, total, planes_cl, ra
             raise ValueError(f"render_triplane_bwd: {name} must be float32 {shape}, got {g.dtype} {tuple(g.shape)}")
     device = planes_cl.device
     grad_planes = torch.zeros(planes_cl.shape, device=device, dtype=torch.float32)
-    HD_P, O_P = _pow2_at_least_16(HD), _pow2_at_least_16(O)
-    block_r = _bwd_block_r({"HD_P": HD_P, "O_P": O_P})
+    pk = _Packing(C, HD, O, L, reduce)
+    block_r = _bwd_block_r({"HD_P": pk.hd_p, "O_P": pk.o_p})
     n_programs = B * triton.cdiv(R, block_r)
     n_rep = _n_replicas(device, n_programs) if n_programs > 0 else 1
-    ws = [torch.zeros((n_rep,) + tuple(p.shape), device=device, dtype=torch.float32)
-          for p in (first_w, first_b, hidden_w, hidden_b, last_w, last_b)]
+    ws = pk.workspaces(n_rep, device)
     if n_programs > 0 and S > 0:
-        block_c = _block_c(C)
-        # A zero-size tensor may have no storage: hand the kernel a real (never read) pointer.
-        hidden_w_arg = hidden_w if L > 0 else first_w
-        hidden_b_arg = hidden_b if L > 0 else first_b
-        ws_hidden_w = ws[2] if L > 0 else ws[0]
-        ws_hidden_b = ws[3] if L > 0 else ws[1]
         _render_bwd_kernel[(n_programs,)](
             grad_rgb, grad_depth, grad_opacity, total,
             planes_cl, rays_o, rays_d, t, t if deltas is None else deltas,
-            first_w, first_b, hidden_w_arg, hidden_b_arg, last_w, last_b,
-            grad_planes, ws[0], ws[1], ws_hidden_w, ws_hidden_b, ws[4], ws[5],
-            R, S, C, H, W, HD, O, L, n_rep,
+            *pk.pack(first_w, first_b, hidden_w, hidden_b, last_w, last_b),
+            grad_planes, *ws,
+            R, S, H, W, L, n_rep,
             float(scale), float(density_bias), float(distance_scale),
             **_axes_kwargs(axes), REDUCE=int(reduce), ALIGN_CORNERS=bool(align_corners), BORDER=int(padding) == 1,
             ACT=int(activation), COLOR=int(color_act), MODE=int(mode), DENSITY=int(density_activation),
-            MASK_OUTSIDE=bool(mask_outside), NCB=triton.cdiv(C, block_c), BLOCK_C=block_c, HD_P=HD_P, O_P=O_P,
+            MASK_OUTSIDE=bool(mask_outside), C=C, O=O, NCB=pk.ncb, BLOCK_C=pk.block_c, HD_P=pk.hd_p, O_P=pk.o_p,
             DOT=DOT_PRECISION, num_warps=4 if _INTERPRET else 8,
         )
-    g_first_w, g_first_b, g_hidden_w, g_hidden_b, g_last_w, g_last_b = (w.sum(0) for w in ws)
-    return grad_planes, g_first_w, g_first_b, g_hidden_w, g_hidden_b, g_last_w, g_last_b
+    return (grad_planes,) + pk.unpack_grads(ws)

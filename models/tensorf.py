@@ -30,7 +30,7 @@ class TensoRFConfig(VMFieldConfig):
     """The shared settings plus the factor resolution and TensoRF's optimiser.
 
     Attributes:
-        resolution: plane side and line length (ZeroRF "paper" decodes 320; "cpu" 64).
+        resolution: plane side and line length (ZeroRF "paper" decodes 320; "cpu" 128).
         init_scale: standard deviation of the initial factors (TensoRF: 0.1).
         lr_factors: learning rate of the planes and lines (``lr`` is the decoder's).
     """
@@ -43,9 +43,9 @@ class TensoRFConfig(VMFieldConfig):
 PRESETS: Dict[str, Dict] = {
     # Matches ZeroRF's "paper" field (320^2 planes) and schedule, TensoRF's optimiser.
     "paper": dict(lr=1e-3, weight_decay=0.0, betas=(0.9, 0.99), grad_clip=0.0, lr_final_ratio=0.1),
-    # Matches ZeroRF's "cpu" preset: 64^2 planes, same rays, marching and iterations.
+    # Matches ZeroRF's "cpu" preset: 128^2 planes, same rays, marching and iterations.
     "cpu": dict(
-        resolution=64, max_steps=256, grid_resolution=48, grid_every=8, grid_warmup=64, grid_decay=0.6,
+        resolution=128, max_steps=256, grid_resolution=48, grid_every=8, grid_warmup=64, grid_decay=0.6,
         n_rays=4096, n_rays_init=1024, iters=1000,
         lr=1e-3, weight_decay=0.0, betas=(0.9, 0.99), grad_clip=0.0, lr_final_ratio=0.1, render_chunk=1 << 14,
     ),

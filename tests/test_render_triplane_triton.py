@@ -204,3 +204,72 @@ def test_launchers_reject_bad_arguments():
         render_triplane_bwd(*grads, planes_cl, rays_o, rays_d, t, deltas, *mlp, *threshold)
     with pytest.raises(ValueError, match="grad_rgb must be float32"):
         render_triplane_bwd(torch.zeros(1, 3, 2), *grads[1:], planes_cl, rays_o, rays_d, t, deltas, *mlp, *options)
+
+
+@pytest.mark.parametrize("backend,device", TRITON)
+def test_channel_blocks_without_tail(backend, device):
+    # C = 16 fills its channel block exactly: the kernels' unmasked channel path (C % BLOCK_C == 0,
+    # as OpenLRM's C = 80), here with a hidden width that needs no padding either.
+    C = 16
+    decoder = TriplaneDecoder(3 * C, 16, n_layers=3, out_features=4)
+    planes, rays_o, rays_d, decoder = make_scene(R=16, C=C, H=8, W=8, decoder=decoder, bias_std=0.3)
+    check_against_reference(device, planes, rays_o, rays_d, decoder, n_samples=5)
+
+
+@pytest.mark.parametrize("reduce", [0, 2])
+def test_decoder_packing_round_trip(reduce):
+    # The launchers hand the kernels the decoder transposed and zero-padded, and read the weight
+    # gradients back from padded replicas: every entry must land where the kernels index it.
+    pytest.importorskip("triton")
+    from fastfields.kernels.render_triplane import _Packing
+
+    C, HD, O, L = 5, 24, 3, 2
+    n_planes = 3 if reduce == 0 else 1
+    pk = _Packing(C, HD, O, L, reduce)
+    assert (pk.block_c, pk.ncb, pk.cp, pk.hd_p, pk.o_p) == (16, 1, 16, 32, 16)
+    gen = _gen(4)
+    params = (torch.randn(HD, n_planes * C, generator=gen), torch.randn(HD, generator=gen),
+              torch.randn(L, HD, HD, generator=gen), torch.randn(L, HD, generator=gen),
+              torch.randn(O, HD, generator=gen), torch.randn(O, generator=gen))
+    w1t, b1, hwt, hb, lwt, lb = pk.pack(*params)
+    first_w, first_b, hidden_w, hidden_b, last_w, last_b = params
+    for k in range(n_planes):
+        torch.testing.assert_close(w1t[k, :C, :HD], first_w[:, k * C:(k + 1) * C].t(), rtol=0, atol=0)
+    torch.testing.assert_close(hwt[:L, :HD, :HD], hidden_w.transpose(1, 2), rtol=0, atol=0)
+    torch.testing.assert_close(lwt[:HD, :O], last_w.t(), rtol=0, atol=0)
+    for packed, real in ((b1, first_b), (hb, hidden_b), (lb, last_b)):
+        torch.testing.assert_close(packed[..., :real.shape[-1]], real, rtol=0, atol=0)
+    # The padding is exactly zero, so padded lanes stay zero through every layer.
+    padded_sum = sum(float(x.abs().sum()) for x in (w1t, b1, hwt, hb, lwt, lb))
+    assert padded_sum == pytest.approx(sum(float(p.abs().sum()) for p in params), rel=1e-6)
+
+    # Two replicas in the kernels' gradient layouts (dW1 [NP, HD_P, CP], dW_i [out, in],
+    # dW_last [O_P, HD_P]) sum and unpad to the parameters' shapes.
+    ws = pk.workspaces(2, "cpu")
+    grads = [torch.randn(p.shape, generator=gen) for p in params]
+    for r, scale in ((0, 0.25), (1, 0.75)):
+        for k in range(n_planes):
+            ws[0][r, k, :HD, :C] = scale * grads[0][:, k * C:(k + 1) * C]
+        ws[1][r, :HD] = scale * grads[1]
+        ws[2][r, :L, :HD, :HD] = scale * grads[2]
+        ws[3][r, :L, :HD] = scale * grads[3]
+        ws[4][r, :O, :HD] = scale * grads[4]
+        ws[5][r, :O] = scale * grads[5]
+    for got, want in zip(pk.unpack_grads(ws), grads):
+        assert got.shape == want.shape and got.is_contiguous()
+        torch.testing.assert_close(got, want)
+
+
+def test_launchers_reject_planes_beyond_int32_offsets():
+    pytest.importorskip("triton")
+    from fastfields.kernels.render_triplane import render_triplane_fwd
+
+    # Shapes only (meta tensors): the check runs before any memory is touched.
+    planes_cl = torch.empty(1, 3, 1 << 15, 1 << 15, 2, device="meta")
+    rays = torch.zeros(1, 3, 3)
+    t = torch.linspace(1.0, 3.0, 4).expand(1, 3, 4).contiguous()
+    mlp = (torch.zeros(16, 6), torch.zeros(16), torch.zeros(0, 16, 16), torch.zeros(0, 16), torch.zeros(4, 16),
+           torch.zeros(4))
+    options = ([0, 1, 0, 2, 2, 1], 0, False, 0, 1.0, 0, 0, 1, 2, -1.0, 1.0, True, 0.0, False)
+    with pytest.raises(ValueError, match="32-bit texel offsets"):
+        render_triplane_fwd(planes_cl, rays, rays, t, None, *mlp, *options)

@@ -224,7 +224,7 @@ def test_convert_official_state_dict():
 
 
 def test_presets_and_bad_config():
-    assert ZeroRF("cpu").config.plane_resolution == 64 and TensoRF("cpu").config.resolution == 64
+    assert ZeroRF("cpu").config.plane_resolution == 128 and TensoRF("cpu").config.resolution == 128
     with pytest.raises(ValueError, match="unknown preset"):
         ZeroRF("huge")
     with pytest.raises(ValueError, match="unknown fields"):
