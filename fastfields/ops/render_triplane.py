@@ -269,8 +269,8 @@ def _backward_pass(ctx, grad_rgb, grad_depth, grad_opacity, _grad_weights):
     needs = ctx.needs_input_grad
     return (
         g_planes if needs[0] else None, None, None, None, None,
-        [g if needs[5] else None for g in g_weights] if needs[5] else None,
-        [g if needs[6] else None for g in g_biases] if needs[6] else None,
+        g_weights if needs[5] else None,
+        g_biases if needs[6] else None,
     ) + (None,) * 15
 
 
