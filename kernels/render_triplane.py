@@ -231,6 +231,25 @@ def _scatter(grad_ptr, g, x0, y0, wx1, wy1, x0_in, x1_in, y0_in, y1_in, ok, offs
 
 
 @triton.jit
+def _three_plane_setup(x, y, z, W, H, AXIS_U0: tl.constexpr, AXIS_V0: tl.constexpr, AXIS_U1: tl.constexpr,
+                       AXIS_V1: tl.constexpr, AXIS_U2: tl.constexpr, AXIS_V2: tl.constexpr,
+                       ALIGN_CORNERS: tl.constexpr, BORDER: tl.constexpr):
+    """:func:`_plane_setup` of the three planes, each reading its (u, v) pair of the point."""
+    # Axes are compile-time constants: picking a coordinate costs nothing.
+    u0 = x if AXIS_U0 == 0 else (y if AXIS_U0 == 1 else z)
+    v0 = x if AXIS_V0 == 0 else (y if AXIS_V0 == 1 else z)
+    u1 = x if AXIS_U1 == 0 else (y if AXIS_U1 == 1 else z)
+    v1 = x if AXIS_V1 == 0 else (y if AXIS_V1 == 1 else z)
+    u2 = x if AXIS_U2 == 0 else (y if AXIS_U2 == 1 else z)
+    v2 = x if AXIS_V2 == 0 else (y if AXIS_V2 == 1 else z)
+    a0, b0, wx0, wy0, xa0, xb0, ya0, yb0 = _plane_setup(u0, v0, W, H, ALIGN_CORNERS, BORDER)
+    a1, b1, wx1, wy1, xa1, xb1, ya1, yb1 = _plane_setup(u1, v1, W, H, ALIGN_CORNERS, BORDER)
+    a2, b2, wx2, wy2, xa2, xb2, ya2, yb2 = _plane_setup(u2, v2, W, H, ALIGN_CORNERS, BORDER)
+    return (a0, b0, wx0, wy0, xa0, xb0, ya0, yb0, a1, b1, wx1, wy1, xa1, xb1, ya1, yb1,
+            a2, b2, wx2, wy2, xa2, xb2, ya2, yb2)
+
+
+@triton.jit
 def _first_layer(planes_b, x, y, z, ok, w1t_ptr, b1_ptr, H, W,
                  AXIS_U0: tl.constexpr, AXIS_V0: tl.constexpr, AXIS_U1: tl.constexpr, AXIS_V1: tl.constexpr,
                  AXIS_U2: tl.constexpr, AXIS_V2: tl.constexpr, REDUCE: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
@@ -242,16 +261,9 @@ def _first_layer(planes_b, x, y, z, ok, w1t_ptr, b1_ptr, H, W,
     plane0 = planes_b
     plane1 = plane0 + plane_size
     plane2 = plane1 + plane_size
-    # Axes are compile-time constants: picking a coordinate costs nothing.
-    u0 = x if AXIS_U0 == 0 else (y if AXIS_U0 == 1 else z)
-    v0 = x if AXIS_V0 == 0 else (y if AXIS_V0 == 1 else z)
-    u1 = x if AXIS_U1 == 0 else (y if AXIS_U1 == 1 else z)
-    v1 = x if AXIS_V1 == 0 else (y if AXIS_V1 == 1 else z)
-    u2 = x if AXIS_U2 == 0 else (y if AXIS_U2 == 1 else z)
-    v2 = x if AXIS_V2 == 0 else (y if AXIS_V2 == 1 else z)
-    a0, b0, wx0, wy0, xa0, xb0, ya0, yb0 = _plane_setup(u0, v0, W, H, ALIGN_CORNERS, BORDER)
-    a1, b1, wx1, wy1, xa1, xb1, ya1, yb1 = _plane_setup(u1, v1, W, H, ALIGN_CORNERS, BORDER)
-    a2, b2, wx2, wy2, xa2, xb2, ya2, yb2 = _plane_setup(u2, v2, W, H, ALIGN_CORNERS, BORDER)
+    (a0, b0, wx0, wy0, xa0, xb0, ya0, yb0, a1, b1, wx1, wy1, xa1, xb1, ya1, yb1,
+     a2, b2, wx2, wy2, xa2, xb2, ya2, yb2) = _three_plane_setup(
+        x, y, z, W, H, AXIS_U0, AXIS_V0, AXIS_U1, AXIS_V1, AXIS_U2, AXIS_V2, ALIGN_CORNERS, BORDER)
     offs_h = tl.arange(0, HD_P)
     # Offsets of a [BLOCK_C, HD_P] block of w1t: compile-time strides, no mask.
     w_tile = tl.arange(0, BLOCK_C)[:, None] * HD_P + offs_h[None, :]
@@ -291,16 +303,9 @@ def _first_layer_backward(g_z1, planes_b, grad_b, x, y, z, ok, scatter_rows, w1t
     grad0 = grad_b
     grad1 = grad0 + plane_size
     grad2 = grad1 + plane_size
-    # Axes are compile-time constants: picking a coordinate costs nothing.
-    u0 = x if AXIS_U0 == 0 else (y if AXIS_U0 == 1 else z)
-    v0 = x if AXIS_V0 == 0 else (y if AXIS_V0 == 1 else z)
-    u1 = x if AXIS_U1 == 0 else (y if AXIS_U1 == 1 else z)
-    v1 = x if AXIS_V1 == 0 else (y if AXIS_V1 == 1 else z)
-    u2 = x if AXIS_U2 == 0 else (y if AXIS_U2 == 1 else z)
-    v2 = x if AXIS_V2 == 0 else (y if AXIS_V2 == 1 else z)
-    a0, b0, wx0, wy0, xa0, xb0, ya0, yb0 = _plane_setup(u0, v0, W, H, ALIGN_CORNERS, BORDER)
-    a1, b1, wx1, wy1, xa1, xb1, ya1, yb1 = _plane_setup(u1, v1, W, H, ALIGN_CORNERS, BORDER)
-    a2, b2, wx2, wy2, xa2, xb2, ya2, yb2 = _plane_setup(u2, v2, W, H, ALIGN_CORNERS, BORDER)
+    (a0, b0, wx0, wy0, xa0, xb0, ya0, yb0, a1, b1, wx1, wy1, xa1, xb1, ya1, yb1,
+     a2, b2, wx2, wy2, xa2, xb2, ya2, yb2) = _three_plane_setup(
+        x, y, z, W, H, AXIS_U0, AXIS_V0, AXIS_U1, AXIS_V1, AXIS_U2, AXIS_V2, ALIGN_CORNERS, BORDER)
     # Only samples that can carry a gradient scatter (the rest would add exact zeros).
     hit = ok & scatter_rows
     offs_h = tl.arange(0, HD_P)
