@@ -252,7 +252,7 @@ def test_normalize_cameras_makes_the_source_canonical():
 def test_preprocess_recentres_by_alpha_bbox():
     rgba = np.zeros((100, 80, 4), np.uint8)
     rgba[10:30, 50:70] = (255, 0, 0, 255)  # a 20 x 20 red square in a corner
-    out = preprocess_image(rgba, 50, border_ratio=0.2)
+    out = preprocess_image(rgba, 50, border_ratio=0.2, recenter=True)
     assert out.shape == (3, 50, 50) and out.dtype == torch.float32
     red = (out[0] > 0.9) & (out[1] < 0.1)
     rows, cols = torch.nonzero(red.any(1)).flatten(), torch.nonzero(red.any(0)).flatten()
