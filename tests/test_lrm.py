@@ -464,12 +464,12 @@ def test_e2e_benchmark_rows_and_report(tmp_path):
 # The package layout and its convention (issue 14), OpenLRM's preprocessing (issue 18)
 
 
-def openlrm_infer_single_image(image_path, source_size):
+def openlrm_infer_single_image(image_path, source_size, device="cpu"):
     """A plain transcription of OpenLRM's LRMInferrer.infer_single (openlrm/runners/infer/lrm.py
-    @ 3108b69), up to the model call, on the CPU."""
+    @ 3108b69), up to the model call."""
     from PIL import Image
 
-    image = torch.from_numpy(np.array(Image.open(image_path)))
+    image = torch.from_numpy(np.array(Image.open(image_path))).to(device)
     image = image.permute(2, 0, 1).unsqueeze(0) / 255.0
     if image.shape[1] == 4:  # RGBA
         image = image[:, :3, ...] * image[:, 3:, ...] + (1 - image[:, 3:, ...])
@@ -492,6 +492,9 @@ def test_preprocess_is_openlrms_infer_single(name, size):
     with Image.open(EXAMPLES / name) as pil:
         assert torch.equal(preprocess_image(pil, size), expected)
         assert torch.equal(preprocess_image(np.array(pil), size), expected)
+    if torch.cuda.is_available():  # OpenLRM preprocesses on its model's device
+        on_gpu = openlrm_infer_single_image(EXAMPLES / name, size, "cuda")[0]
+        assert torch.equal(preprocess_image(EXAMPLES / name, size, device="cuda"), on_gpu)
 
 
 def test_preprocess_modes_openlrm_cannot_read_are_converted(tmp_path):

@@ -151,8 +151,8 @@ def run(args) -> int:
         watch.times = {k: v for k, v in watch.times.items() if k == "load model"}
         with torch.no_grad():
             with watch("preprocess"):
-                image = preprocess_image(image_path, config.image_size, args.border_ratio,
-                                         recenter=args.recenter)[None].to(device)
+                image = preprocess_image(image_path, config.image_size, args.border_ratio, recenter=args.recenter,
+                                         device=device)[None]
             export.save_image(out / "input.png", image[0].permute(1, 2, 0))
             with watch("encode image"):
                 tokens = model.encode_image(image)

@@ -11,6 +11,8 @@ bit for bit (and with official weights, OpenLRM's planes):
    non-square image is stretched to the square, as OpenLRM does);
 5. ``clamp(0, 1)``.
 
+OpenLRM runs steps 2-5 on its model's device; ``device=`` does the same.
+
 OpenLRM feeds images that its separate ``Preprocessor`` (background removal, then
 ``step_recenter``) or the user has already centred. ``recenter=True`` does that centring
 here: the bounding box of ``alpha > 0`` is scaled so its longer side is ``S * (1 -
@@ -100,7 +102,7 @@ def _recenter(rgba: torch.Tensor, size: int, border_ratio: float) -> torch.Tenso
 
 
 def preprocess_image(image, size: int, border_ratio: float = 0.2, *, recenter: bool = False,
-                     background: float = 1.0) -> torch.Tensor:
+                     background: float = 1.0, device=None) -> torch.Tensor:
     """An input image as LRM takes it: ``[3, size, size]`` float32 in ``[0, 1]``.
 
     With the defaults this is OpenLRM's ``infer_single`` exactly (see the module doc):
@@ -116,6 +118,10 @@ def preprocess_image(image, size: int, border_ratio: float = 0.2, *, recenter: b
             ``border_ratio`` margin (OpenLRM's ``Preprocessor`` / TripoSR). RGB images have
             nothing to recentre by and take the default path.
         background: grey level the transparent parts become (OpenLRM: 1.0, white).
+        device: where the compositing and the resize run and the result lives (default
+            the CPU). OpenLRM runs them on its model's device, and a GPU's bicubic kernel
+            may round differently from the CPU's in the last bit: pass the model's device
+            to reproduce OpenLRM's tensor exactly there too.
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"preprocess_image: size must be a positive int, got {size!r}")
@@ -126,7 +132,9 @@ def preprocess_image(image, size: int, border_ratio: float = 0.2, *, recenter: b
     image = load_image(image)
     if image.shape[1] == 4 and recenter and bool((image[0, 3] > 0).any()):
         canvas = _recenter(image[0], size, border_ratio)
-        return (canvas[:3] + (1 - canvas[3:]) * background).clamp(0, 1).contiguous()
+        return (canvas[:3] + (1 - canvas[3:]) * background).clamp(0, 1).contiguous().to(device)
+    if device is not None:
+        image = image.to(device)
     if image.shape[1] == 4:  # RGBA: OpenLRM's composite on white
         image = image[:, :3, ...] * image[:, 3:, ...] + (1 - image[:, 3:, ...]) * background
     return resize_source_image(image, size)[0].contiguous()
