@@ -74,6 +74,7 @@ setup(
         "fastfields._data",
         "fastfields.kernels",
         "fastfields.models",
+        "fastfields.models.lrm",
         "fastfields.csrc",
     ],
     package_dir={
