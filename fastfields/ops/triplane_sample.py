@@ -57,8 +57,10 @@ def output_shape(planes: torch.Tensor, xyz: torch.Tensor, reduce: str) -> List[i
 
 def _flat_axes(axes) -> List[int]:
     try:
+        if isinstance(axes, str) or any(isinstance(pair, str) for pair in axes):
+            raise TypeError(axes)  # "xy": three pairs of ints, not letters
         pairs = [tuple(int(a) for a in pair) for pair in axes]
-    except TypeError:
+    except (TypeError, ValueError):
         pairs = []
     if len(pairs) != 3 or any(len(p) != 2 or not all(0 <= a <= 2 for a in p) for p in pairs):
         raise ValueError(f"{OP}: axes must be three (u, v) pairs of xyz components in 0..2, e.g. EG3D_AXES, got {axes!r}")
