@@ -38,6 +38,11 @@ def run_job(prog: str, job: Callable, args) -> int:
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+    except ImportError as error:  # fastfields.export.MissingDependency and the like name their extra
+        if "pip install 'fastfields[" not in str(error):
+            raise
+        print(f"{prog}: {error}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
     except BrokenPipeError:  # `fastfields bench | head`
         try:
             sys.stdout = open(os.devnull, "w")
