@@ -184,3 +184,51 @@ def warn_nonfinite_images(prog: str, images, what: str) -> None:
     if bad:
         print(f"{prog}: WARNING: {bad} pixel(s) of the {what} are NaN / inf (written as black)", file=sys.stderr,
               flush=True)
+
+
+def load_error(flag: str, path, error: BaseException, expected: str) -> CLIError:
+    """A :class:`CLIError` for an input that failed to load: the flag, the path, what was expected,
+    and the first lines of the loader's own message (state-dict errors list every key)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = "; ".join(lines[:2])
+    if len(detail) > 400:
+        detail = detail[:400] + "..."
+    more = f" (and {len(lines) - 2} more lines)" if len(lines) > 2 else ""
+    return CLIError(f"{flag} {str(path)!r}: cannot load it as {expected}: {type(error).__name__}: {detail}{more}")
+
+
+def check_json_files(flag: str, folder, names: Sequence[str]) -> None:
+    """Each of ``names`` present in ``folder`` must parse as a JSON object (a config file)."""
+    import json
+
+    folder = Path(folder)
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            value = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise CLIError(f"{flag}: {str(path)!r} is not valid JSON ({error})") from None
+        if not isinstance(value, dict):
+            raise CLIError(f"{flag}: {str(path)!r} must hold a JSON object of settings, got {type(value).__name__}")
+
+
+def check_safetensors_floats(flag: str, path) -> None:
+    """A ``.safetensors`` file (or a folder's ``model.safetensors``) must hold floating-point weights;
+    reads the header only. Unreadable files are left to the loader, which says why."""
+    path = Path(path)
+    path = path / "model.safetensors" if path.is_dir() else path
+    if path.suffix != ".safetensors" or not path.is_file():
+        return
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            dtypes = {key: f.get_slice(key).get_dtype() for key in f.keys()}
+    except Exception:  # corrupt header: reported by the loader
+        return
+    integer = [key for key, dtype in dtypes.items() if not dtype.startswith(("F", "BF"))]
+    if integer:
+        raise CLIError(f"{flag} {str(path)!r}: weights must be floating point (F32, F16, BF16), but {len(integer)} of "
+                       f"{len(dtypes)} tensors are not, e.g. {integer[0]} ({dtypes[integer[0]]})")
