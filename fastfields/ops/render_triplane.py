@@ -446,7 +446,7 @@ def render_triplane(
     density_bias = _check_number("density_bias", density_bias)
     distance_scale = _check_number("distance_scale", distance_scale, 0.0)
     t_threshold = _check_number("t_threshold", t_threshold, 0.0, 1.0)
-    flat_axes = _flat_axes(axes)
+    flat_axes = _flat_axes(axes, op=OP)
     if not callable(decoder):
         raise TypeError(f"{OP}: decoder must be a TriplaneDecoder or a callable module, got {type(decoder).__name__}")
     spec = decoder_spec(decoder)
