@@ -195,6 +195,10 @@ def _run_build_worker(request: Dict) -> int:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
+    if not hasattr(os, "killpg"):  # Windows: no process groups to signal
+        proc.kill()
+        proc.wait()
+        return
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
@@ -215,8 +219,9 @@ def _worker_main() -> int:
         os.killpg(0, signal.SIGTERM)
         os._exit(128 + signum)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    if hasattr(os, "killpg"):
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
     _die_with_parent()
     request = json.loads(sys.stdin.read())
     if request["parent"] != os.getppid():  # the parent died before PR_SET_PDEATHSIG was set
