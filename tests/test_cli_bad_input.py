@@ -4,11 +4,9 @@ input) and what was expected, and no traceback; Ctrl-C (a real SIGINT, so a subp
 130 with one line; interrupted writers leave no partial file.
 """
 
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np

@@ -50,8 +50,6 @@ def add_parser(commands) -> None:
 
 
 def load_scene(args):
-    from pathlib import Path
-
     from ..data import load_blender, load_npz, shipped_data
 
     if args.data is None:
@@ -107,7 +105,6 @@ def export_mesh(model, path, resolution: int, threshold: float, backend: str):
 def run(args) -> int:
     import json
     import time
-    from pathlib import Path
 
     import torch
 
