@@ -25,6 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ._common import check_float, check_input_file, check_int, check_out_dir, resolve_device, run_job
 from .lrm import PRESET_NAMES
 
 
@@ -97,18 +98,28 @@ def run(args) -> int:
     import torch
     import torch.distributed as dist
 
-    if args.steps < 1 or args.views < 1 or args.rays < 1:
-        print("fastfields lrm-train: --steps, --views and --rays must be >= 1", file=sys.stderr)
-        return 2
+    for flag in ("--steps", "--views", "--rays", "--log-every"):
+        check_int(flag, getattr(args, flag[2:].replace("-", "_")), minimum=1)
+    check_int("--render-size", args.render_size, minimum=1)
+    for flag in ("--scene-scale", "--lr"):
+        check_float(flag, getattr(args, flag[2:].replace("-", "_")), positive=True)
+    check_float("--weight-decay", args.weight_decay, minimum=0.0)
+    check_float("--grad-clip", args.grad_clip)
+    for path in args.data:
+        check_input_file("--data", path)
+    if args.init:
+        check_input_file("--init", args.init)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 or "RANK" in os.environ
     rank, world, local_rank = 0, 1, 0
     if distributed:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if args.device:
-        device = torch.device(args.device)
+        device = resolve_device(args.device)
     else:
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if rank == 0:
+        check_out_dir(Path(args.out).parent if Path(args.out).suffix == ".safetensors" else args.out)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if distributed:
@@ -176,7 +187,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastfields.apps.lrm_train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_job("fastfields lrm-train", run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
