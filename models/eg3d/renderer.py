@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from fastfields.nn import TriplaneDecoder
 from fastfields.ops.render_triplane import eg3d_render_options, render_triplane
-from fastfields.ops.triplane_sample import EG3D_AXES, triplane_sample
+from fastfields.ops.triplane_sample import EG3D_AXES, planes_channels_last, triplane_sample
 
 from .layers import FullyConnectedLayer
 
@@ -145,6 +145,7 @@ def render(planes: torch.Tensor, decoder: OSGDecoder, ray_origins: torch.Tensor,
     else:
         s_min, s_max = u[..., 0].min() / (n - 1), (n - 1 + u[..., -1].max()) / (n - 1)
         t_min, t_max = 1 / ((1 - s_min) / near + s_min / far), 1 / ((1 - s_max) / near + s_max / far)
+    planes = planes_channels_last(planes)  # once here instead of in each of the two passes
     rgb, depth, opacity, _ = render_triplane(planes, ray_origins, ray_directions, decoder, perturb=True,
                                              generator=generator, backend=backend, **options)
     depth = torch.nan_to_num(depth / opacity, math.inf)
