@@ -73,6 +73,7 @@ setup(
         "fastfields._data",
         "fastfields.kernels",
         "fastfields.models",
+        "fastfields.models.eg3d",
         "fastfields.csrc",
     ],
     package_dir={
