@@ -36,6 +36,18 @@ def test_ffhq512_state_dict_equals_official_manifest():
     assert G.num_ws == 14
 
 
+@pytest.mark.parametrize("preset, sr_block0_res, image", [("ffhq512", 256, 512), ("afhq512", 256, 512),
+                                                          ("shapenet128", 64, 128), ("tiny", 32, 64)])
+def test_presets_build(preset, sr_block0_res, image):
+    G = EG3D.from_preset(preset, device="meta")
+    assert G.superresolution.block0.conv1.noise_const.shape[-1] == sr_block0_res
+    assert G.img_resolution == image and G.num_ws == 2 * (int(math.log2(G.config.plane_resolution)) - 1)
+    assert G.rendering_kwargs["superresolution_module"].endswith(G.config.superresolution_module)
+    if preset == "shapenet128":
+        assert G.rendering_kwargs["white_back"] and G.config.depth_resolution == 64
+        assert G.superresolution.block0.conv0.up == 1  # SuperresolutionHybrid2X: block0 does not upsample
+
+
 def test_strict_loading_of_a_manifest_state_dict(tmp_path):
     _, expected = official_layout()
     state = {k: torch.randn(shape) for k, shape in expected.items()}

@@ -142,7 +142,7 @@ class EG3D(PretrainedModel, nn.Module):
         planes = planes.view(len(planes), 3, self.plane_channels, planes.shape[-2], planes.shape[-1])
         coordinates = as_tensor(coordinates, "coordinates", device=ws.device, ndim=3)
         return renderer.run_model(planes, self.decoder, coordinates, self.rendering_kwargs["box_warp"],
-                                  backend=self.render_backend if self.render_backend != "cpu" else "auto")
+                                  backend="torch" if self.render_backend == "torch" else "auto")
 
     def forward(self, z, c, truncation_psi: float = 1, truncation_cutoff: Optional[int] = None,
                 neural_rendering_resolution: Optional[int] = None, update_emas: bool = False,
