@@ -71,3 +71,15 @@ def test_sample_job_arguments():
     assert parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
     with pytest.raises(Exception, match="--seeds"):
         parse_seeds("3-1")
+
+
+def test_training_on_a_built_srn_dataset(tmp_path):
+    from fastfields.datasets import build_dataset
+
+    root = build_dataset(tmp_path / "data", categories=("chair",), objects_per_category=2, views=3, resolution=32,
+                         include_meshes=False, split={"train": 1.0})
+    result = train(tmp_path / "run", steps=1, batch=2, data=root, r1_every=1, progress=False)
+    cfg = result["G_ema"].config
+    assert cfg.white_back and 0 < cfg.ray_start < cfg.ray_end and cfg.avg_camera_pivot == (0.0, 0.0, 0.0)
+    assert all(math.isfinite(v) for k, v in result["log"][0].items() if k != "step")
+    assert EG3D.from_pretrained(tmp_path / "run" / "G_ema.safetensors").config == cfg

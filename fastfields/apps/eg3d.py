@@ -4,6 +4,7 @@ and meshes from a checkpoint; training at the tiny preset on posed renders.
     fastfields eg3d sample --checkpoint ffhq512-128.safetensors --seeds 0-7 --psi 0.7 --out out/
     fastfields eg3d sample --seeds 0-3 --out out/          # no checkpoint: untrained tiny preset (plumbing only)
     fastfields eg3d train --out runs/tiny --steps 200      # tiny preset on procedurally rendered shapes
+    fastfields eg3d train --data data-out --out runs/chairs  # on a `fastfields dataset build` folder
 
 Checkpoints are our safetensors (``python -m fastfields.models.eg3d.convert IN.pkl OUT.safetensors``
 turns an official pickle into one); nothing is downloaded.

@@ -2,8 +2,8 @@
 spheres and boxes inside EG3D's box) ray-cast from cameras on EG3D's orbit, with their
 camera labels ``c [N, 25]``. Deterministic given the seed; no files needed.
 
-(The shared posed-view dataset builder, ``fastfields.datasets``, is the way to train on
-rendered meshes once it lands; this module keeps the EG3D job and its tests self-contained.)
+:func:`srn_views` reads a dataset written by the shared builder (``fastfields dataset build``:
+procedural categories and the shipped meshes, SRN layout) instead.
 """
 
 from __future__ import annotations
@@ -62,3 +62,25 @@ def procedural_views(n_views: int, resolution: int, *, seed: int = 0, n_scenes: 
         images.append(rgb.reshape(resolution, resolution, 3).permute(2, 0, 1) * 2 - 1)
         labels.append(c[0])
     return torch.stack(images), torch.stack(labels)
+
+
+def srn_views(root, resolution: int, *, split: str = "train", max_objects: int = 0):
+    """All views of an SRN-layout dataset (``fastfields dataset build`` writes one) as EG3D
+    training data: ``images [N, 3, R, R]`` in ``[-1, 1]`` (on white), camera labels ``c [N, 25]``
+    (the OpenCV cam2world as stored, intrinsics normalised by the image size) and the camera
+    distances ``[N]`` (to set the renderer's depth range)."""
+    from fastfields.datasets import SRNDataset
+
+    dataset = SRNDataset(root, split=split, image_size=(resolution, resolution))
+    images, labels = [], []
+    count = len(dataset) if max_objects <= 0 else min(max_objects, len(dataset))
+    for i in range(count):
+        item = dataset[i]
+        fx, fy, cx, cy = item["intrinsics"].unbind(-1)
+        K = torch.zeros(len(fx), 3, 3)
+        K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = (fx / resolution, fy / resolution,
+                                                                    cx / resolution, cy / resolution, 1.0)
+        labels.append(camera_labels(item["c2w"], K))
+        images.append(item["images"].permute(0, 3, 1, 2) * 2 - 1)
+    labels = torch.cat(labels)
+    return torch.cat(images), labels, labels[:, :16].view(-1, 4, 4)[:, :3, 3].norm(dim=-1)

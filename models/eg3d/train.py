@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .data import procedural_views
+from .data import procedural_views, srn_views
 from .discriminator import DualDiscriminator
 from .generator import EG3D
 from .loss import EG3DLoss
@@ -69,16 +69,32 @@ def make_discriminator(G: EG3D, channel_base: Optional[int] = None, channel_max:
 def train(out: Optional[Path] = None, *, preset: str = "tiny", steps: int = 100, batch: int = 4, g_lr: float = 0.0025,
           d_lr: float = 0.002, r1_gamma: float = 1.0, r1_every: int = 16, blur_fade_kimg: float = 0.2,
           gpc_reg_fade_kimg: float = 0.2, n_views: int = 256, seed: int = 0, device=None,
-          log_every: int = 10, progress: bool = True, render_backend: str = "auto") -> dict:
-    """Train ``preset`` on procedural posed views; returns ``{'G', 'D', 'G_ema', 'log'}`` and,
-    with ``out``, writes ``G_ema.safetensors`` (our format), ``D.pt``, ``log.json`` and a sample."""
+          log_every: int = 10, progress: bool = True, render_backend: str = "auto", data=None,
+          max_objects: int = 0) -> dict:
+    """Train ``preset`` on posed views; returns ``{'G', 'D', 'G_ema', 'log'}`` and, with ``out``,
+    writes ``G_ema.safetensors`` (our format), ``D.pt``, ``log.json`` and a sample.
+
+    ``data``: an SRN-layout folder (``fastfields dataset build``; its ``train`` split, objects on
+    white): the renderer's depth range and box follow its cameras (``ray_start/ray_end`` = camera
+    distance -/+ the objects' radius, ``white_back``). Without it: :func:`procedural_views`."""
     rank, world = _distributed()
     if device is None:
         device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     torch.manual_seed(seed + rank)
     np.random.seed(seed + rank)
-    G = EG3D.from_preset(preset, render_backend=render_backend).to(device).train().requires_grad_(False)
+    overrides = {}
+    if data is not None:
+        from fastfields.datasets import FIT_RADIUS
+
+        resolution = EG3D.presets[preset].img_resolution
+        images, labels, distances = srn_views(data, resolution, max_objects=max_objects)
+        radius = FIT_RADIUS * 1.1
+        overrides = dict(ray_start=max(float(distances.min()) - radius, 0.05), ray_end=float(distances.max()) + radius,
+                         box_warp=2 * radius, white_back=True, avg_camera_radius=float(distances.mean()),
+                         avg_camera_pivot=(0.0, 0.0, 0.0))
+    G = EG3D.from_preset(preset, overrides=overrides, render_backend=render_backend).to(device).train()
+    G.requires_grad_(False)
     D = make_discriminator(G, mbstd_group_size=min(4, batch)).to(device).train().requires_grad_(False)
     if world > 1:  # identical starting weights on every process
         import torch.distributed as dist
@@ -87,9 +103,10 @@ def train(out: Optional[Path] = None, *, preset: str = "tiny", steps: int = 100,
             for t in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(t.data, src=0)
     G_ema = copy.deepcopy(G).eval()
-    images, labels = procedural_views(n_views, G.config.img_resolution, seed=seed,
-                                      radius=G.config.avg_camera_radius, pivot=G.config.avg_camera_pivot,
-                                      fov_deg=G.config.fov_deg)
+    if data is None:
+        images, labels = procedural_views(n_views, G.config.img_resolution, seed=seed,
+                                          radius=G.config.avg_camera_radius, pivot=G.config.avg_camera_pivot,
+                                          fov_deg=G.config.fov_deg)
     images, labels = images.to(device), labels.to(device)
     G.dataset_label_std.copy_(labels.std(0))
     G_ema.dataset_label_std.copy_(labels.std(0))
@@ -150,12 +167,13 @@ def train(out: Optional[Path] = None, *, preset: str = "tiny", steps: int = 100,
         out.mkdir(parents=True, exist_ok=True)
         G_ema.save_pretrained(out / "G_ema.safetensors")
         torch.save(D.state_dict(), out / "D.pt")
-        (out / "log.json").write_text(json.dumps({"preset": preset, "steps": steps, "batch": batch, "world": world,
+        (out / "log.json").write_text(json.dumps({"preset": preset, "data": None if data is None else str(data),
+                                                  "steps": steps, "batch": batch, "world": world,
                                                   "seconds": seconds, "log": log}, indent=1))
         from fastfields import export
 
         with torch.no_grad():
-            c = G_ema.camera(batch_size=4)
+            c = labels[:4] if data is not None else G_ema.camera(batch_size=4)
             img = G_ema(torch.randn(4, G.z_dim, device=device), c, noise_mode="const")["image"]
         row = ((img + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).reshape(-1, img.shape[-1], 3).cpu()
         export.save_image(out / "samples.png", row)
@@ -170,7 +188,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--glr", type=float, default=0.0025)
     parser.add_argument("--dlr", type=float, default=0.002)
     parser.add_argument("--gamma", type=float, default=1.0, help="R1 weight")
-    parser.add_argument("--views", type=int, default=256, help="procedural posed training views")
+    parser.add_argument("--data", default=None, help="SRN-layout dataset folder (fastfields dataset build); "
+                        "default: procedural spheres")
+    parser.add_argument("--max-objects", type=int, default=0, help="use the first N objects of --data (0: all)")
+    parser.add_argument("--views", type=int, default=256, help="procedural posed training views (without --data)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
     parser.add_argument("--backend", default="auto", help="renderer backend")
@@ -183,7 +204,8 @@ def run_train(args) -> int:
         return 2
     result = train(Path(args.out), preset=args.preset, steps=args.steps, batch=args.batch, g_lr=args.glr,
                    d_lr=args.dlr, r1_gamma=args.gamma, n_views=args.views, seed=args.seed, device=args.device,
-                   progress=not args.no_progress, render_backend=args.backend)
+                   progress=not args.no_progress, render_backend=args.backend, data=args.data,
+                   max_objects=args.max_objects)
     last = {k: v for k, v in result["log"][-1].items() if k != "step"}
     print(f"fastfields eg3d train: {args.steps} steps in {result['seconds']:.1f} s; last losses {last}; wrote {args.out}")
     return 0
