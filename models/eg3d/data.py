@@ -1,5 +1,5 @@
-"""Posed training views for EG3D at small sizes: procedurally generated shapes (coloured
-spheres and boxes inside EG3D's box) ray-cast from cameras on EG3D's orbit, with their
+"""Posed training views for EG3D at small sizes: procedurally generated scenes (1-3
+coloured spheres inside EG3D's box) ray-cast from cameras on EG3D's orbit, with their
 camera labels ``c [N, 25]``. Deterministic given the seed; no files needed.
 
 :func:`srn_views` reads a dataset written by the shared builder (``fastfields dataset build``:
