@@ -206,6 +206,8 @@ def run_train(args) -> int:
                    d_lr=args.dlr, r1_gamma=args.gamma, n_views=args.views, seed=args.seed, device=args.device,
                    progress=not args.no_progress, render_backend=args.backend, data=args.data,
                    max_objects=args.max_objects)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     last = {k: v for k, v in result["log"][-1].items() if k != "step"}
     print(f"fastfields eg3d train: {args.steps} steps in {result['seconds']:.1f} s; last losses {last}; wrote {args.out}")
     return 0
