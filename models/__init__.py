@@ -11,6 +11,9 @@ arrays.
 - ``lrm``: LRM / OpenLRM, a package with one module per part of the paper's figure
   (``config``, ``encoder`` with the ViTs, ``transformer``, ``synthesizer``, ``cameras``,
   ``preprocess``, ``checkpoint``, ``model``); ``vit`` re-exports its ViT encoders.
+- ``eg3d``: EG3D, the triplane 3D GAN, a package likewise (``config``, ``mapping``,
+  ``synthesis``, ``renderer``, ``superresolution``, ``generator``, ``discriminator``, ``loss``,
+  ``train``, ``convert``).
 - ``zerorf`` and ``tensorf``: sparse-view VM fields, sharing ``field_vm``.
 
-EG3D, SSDNeRF and DiffRF are to come."""
+SSDNeRF and DiffRF are to come."""

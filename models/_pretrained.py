@@ -38,7 +38,7 @@ import pickle
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Union
 
 import numpy as np
 import torch
@@ -229,23 +229,33 @@ _STORAGE_NAMES = {"FloatStorage", "DoubleStorage", "HalfStorage", "BFloat16Stora
                   "ShortStorage", "CharStorage", "ByteStorage", "BoolStorage", "UntypedStorage"}
 
 
+#: What ``allow`` may be: a mapping ``(module, name) -> replacement`` or a function of ``(module, name)``.
+Allow = Union[None, Mapping[Tuple[str, str], Any], Callable[[str, str], Any]]
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickles tensors, numpy arrays and plain containers; refuses every other global.
 
     ``allow`` adds ``(module, name) -> callable`` replacements, e.g. to turn an official
     code's class into a plain dict of its state without importing that code (``stub_class``).
+    It may also be a function ``allow(module, name)`` returning the replacement or None (for
+    pickles whose class names are only known by pattern, e.g. EG3D's persistent modules).
     """
 
-    def __init__(self, file, *, allow: Optional[Mapping[Tuple[str, str], Any]] = None, persistent_load=None):
+    def __init__(self, file, *, allow: Allow = None, persistent_load=None):
         super().__init__(file)
-        self.allow = dict(allow or {})
+        self.allow = allow if callable(allow) and not isinstance(allow, Mapping) else dict(allow or {})
         if persistent_load is not None:
             self.persistent_load = persistent_load
 
     def find_class(self, module: str, name: str):
         if (module, name) == ("torch.storage", "_load_from_bytes"):
             return _storage_from_bytes
-        if (module, name) in self.allow:
+        if callable(self.allow):
+            replacement = self.allow(module, name)
+            if replacement is not None:
+                return replacement
+        elif (module, name) in self.allow:
             return self.allow[(module, name)]
         if (module, name) in _SAFE_GLOBALS or (module == "torch" and name in _STORAGE_NAMES):
             return super().find_class(module, name)
@@ -287,7 +297,7 @@ def stub_class(module: str, name: str) -> type:
     return type(name, (StubObject,), {"qualname": f"{module}.{name}", "__module__": __name__})
 
 
-def load_pickle_restricted(path: PathLike, *, allow: Optional[Mapping[Tuple[str, str], Any]] = None) -> Any:
+def load_pickle_restricted(path: PathLike, *, allow: Allow = None) -> Any:
     """Read a pickle (``.pkl``) or a ``torch.save`` file (``.pt/.pth``, zip or legacy) as data.
 
     Only tensors, numpy arrays and plain containers are rebuilt (plus what ``allow`` maps);

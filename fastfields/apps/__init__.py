@@ -4,7 +4,7 @@
 
 import importlib
 
-APPS = ("dataset", "lrm", "lrm_train", "zerorf")
+APPS = ("dataset", "lrm", "lrm_train", "zerorf", "eg3d")
 
 
 def register(commands) -> None:
