@@ -21,7 +21,7 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def linear_betas(timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
     """``[T]`` float64 betas, linear from ``beta_start`` to ``beta_end`` inclusive (DDPM)."""
-    return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+    return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64, device="cpu")
 
 
 def _randn(shape, like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -71,7 +71,9 @@ class GaussianDiffusion(nn.Module):
         betas = linear_betas(timesteps, beta_start, beta_end)
         alphas = 1.0 - betas
         ab = torch.cumprod(alphas, 0)
-        ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
+        # Computed on the CPU even under a ``torch.device("meta")`` context (from_pretrained):
+        # meta cumprod would import torch's reference kernels (seconds) and yield no values.
+        ab_prev = torch.cat([torch.ones(1, dtype=torch.float64, device="cpu"), ab[:-1]])
         post_var = betas * (1.0 - ab_prev) / (1.0 - ab)
         post_log = torch.log(torch.cat([post_var[1:2], post_var[1:]]))
         tables = {

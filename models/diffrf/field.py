@@ -129,7 +129,8 @@ def voxelize_mesh(mesh, resolution: int = 32, bound: float = 1.0) -> torch.Tenso
     occupied[index[:, 0], index[:, 1], index[:, 2]] = True
     occupied = ndimage.binary_fill_holes(occupied)
     try:
-        colors = np.asarray(mesh.visual.to_color().vertex_colors, dtype=np.float64)[:, :3] / 255.0
+        visual = mesh.visual.to_color() if mesh.visual.kind == "texture" else mesh.visual
+        colors = np.asarray(visual.vertex_colors, dtype=np.float64)[:, :3] / 255.0
     except Exception:  # visuals trimesh cannot convert: a neutral grey
         colors = np.full((len(mesh.vertices), 3), 0.7)
     grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
