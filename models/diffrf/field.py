@@ -141,7 +141,7 @@ def voxelize_mesh(mesh, resolution: int = 32, bound: float = 1.0) -> torch.Tenso
 
 
 def fit_field(images, c2w, intrinsics, *, resolution: int = 32, init=None, iters: int = 300, lr: float = 0.05,
-              rays_per_step: int = 4096, tv_weight: float = 0.01, sparsity_weight: float = 1e-3, bound: float = 1.0,
+              rays_per_step: int = 4096, tv_weight: float = 0.01, sparsity_weight: float = 1e-2, bound: float = 1.0,
               sigma_max: float = 120.0, n_samples: int = 96, background: float = 1.0, seed: int = 0,
               backend: str = "auto", progress: bool = False, history: Optional[dict] = None) -> torch.Tensor:
     """Fit a ``[4, R, R, R]`` field to posed views by gradient descent on the rendering MSE.
@@ -168,7 +168,7 @@ def fit_field(images, c2w, intrinsics, *, resolution: int = 32, init=None, iters
     if init is None:
         field = torch.full((4, resolution, resolution, resolution), -1.0, device=device)
         field[1:] = 0.0
-        field[0] = -0.9  # a faint density everywhere, so every voxel gets a gradient
+        field[0] = -0.99  # a faint density (sigma_max / 200) everywhere, so every voxel gets a gradient
     else:
         field = check_fields(init, "init", resolution)[0].to(device).clone()
     field = torch.nn.Parameter(field)
