@@ -24,12 +24,12 @@ def test_tiny_model_overfits_one_field(tmp_path):
             return diffrf_loss(model, fields, o, d, target, t=t, noise=noise)
 
     before = evaluate()
-    history = train(model, [entry], steps=80, batch_size=4, lr=3e-3, ema_decay=0.99, log_every=20)
+    history = train(model, [entry], steps=60, batch_size=4, lr=3e-3, ema_decay=0.99, log_every=15)
     after = evaluate()
-    # Measured on a shared CPU: 1.01 -> ~0.2 in 100 steps; ask for a factor of 3 in 80.
-    assert after["loss"] < before["loss"] / 3, (before["loss"], after["loss"])
+    # Measured (seeded): 1.008 -> 0.295 in 60 steps, a factor of 3.4; ask for 2.5.
+    assert after["loss"] < before["loss"] / 2.5, (before["loss"], after["loss"])
     assert after["loss_rgb"] > 0 and history["loss"][-1] < history["loss"][0]
-    assert isinstance(history["ema"], DiffRF) and len(history["step"]) == 4
+    assert isinstance(history["ema"], DiffRF) and len(history["step"]) == 4  # logged every 15 steps
     samples = model.sample(2, steps=5, generator=torch.Generator().manual_seed(0))
     ema_samples = history["ema"].sample(1, steps=5, generator=torch.Generator().manual_seed(0))
     for s in (samples[0], samples[1], ema_samples[0]):
