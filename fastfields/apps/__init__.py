@@ -4,7 +4,7 @@
 
 import importlib
 
-APPS = ("lrm", "lrm_train", "zerorf", "diffrf")
+APPS = ("dataset", "lrm", "lrm_train", "zerorf", "diffrf")
 
 
 def register(commands) -> None:
