@@ -38,3 +38,24 @@ def test_diffrf_jobs(tmp_path):
             assert (tmp_path / job / name).is_file(), (job, name)
     with pytest.raises(SystemExit, match="no fitted fields"):
         main(["train", "--data", str(tmp_path / "s" / "nothing"), "--out", str(tmp_path / "x"), "--no-progress"])
+
+
+def test_train_on_a_posed_view_dataset(tmp_path):
+    """``--data`` a ``fastfields.datasets`` folder: fields are fitted (mesh-initialised) once and cached."""
+    datasets = pytest.importorskip("fastfields.datasets")
+    root = datasets.build_dataset(tmp_path / "ds", categories=("chair",), objects_per_category=1, views=3, resolution=16,
+                                  include_meshes=False, split={"train": 1}, supersample=1)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(root), "--preset", "tiny", "--steps", "1", "--batch-size", "1", "--fit-iters", "3",
+            "--samples", "0", "--out", str(run), "--no-progress"]
+    assert main(args) == 0
+    cached = sorted((root / "diffrf_fields").glob("*.safetensors"))
+    assert [p.name for p in cached] == ["chair_0000.safetensors"]
+    config = json.loads((run / "model" / "config.json").read_text())["config"]
+    assert config["bound"] == 0.55  # the dataset's objects fit [-0.5, 0.5]^3
+    from fastfields.models._pretrained import read_safetensors
+
+    field = read_safetensors(cached[0])[0]["field"]
+    assert field.shape == (4, 32, 32, 32) and (field[0] > 0).any() and (field[0] < 0).any()  # mesh init: a shape
+    mtime = cached[0].stat().st_mtime_ns
+    assert main(args) == 0 and cached[0].stat().st_mtime_ns == mtime  # second run reads the cache

@@ -149,9 +149,9 @@ def export_fields(model, fields, out: Path, *, render_size: int = 64, turntable:
     out.mkdir(parents=True, exist_ok=True)
     fields = fields.detach().float().cpu()
     written = {"fields": str(write_safetensors(out / "fields.safetensors", {"field": fields}))}
-    c2w, k = orbit_views(4, render_size, render_size, azimuth_start=30.0)
-    tc2w, tk = orbit_views(max(turntable, 1), render_size, render_size)
     bound = model.config.bound
+    c2w, k = orbit_views(4, render_size, render_size, radius=2.6 * bound, azimuth_start=30.0)
+    tc2w, tk = orbit_views(max(turntable, 1), render_size, render_size, radius=2.6 * bound)
     device = model.betas.device
     for i, field in enumerate(fields):
         f = field.to(device)
@@ -203,8 +203,26 @@ def _half_mask(spec: str, r: int):
     return side.view(shape).expand(r, r, r).float()
 
 
+#: Half-side of the field box for ``fastfields.datasets`` objects (normalised into
+#: ``[-0.5, 0.5]^3``): a 10 % margin, so no surface sits on the grid's outer voxels.
+DATASET_BOUND = 0.55
+
+
+def _dataset_mesh(record):
+    """The mesh behind a ``dataset.json`` record (procedural seed or shipped mesh), or None."""
+    from fastfields.datasets import CATEGORIES, load_mesh, make_shape
+
+    category = record.get("category", "")
+    if category in CATEGORIES and record.get("seed") is not None:
+        return make_shape(category, int(record["seed"]))
+    if category.startswith("mesh:"):
+        return load_mesh(category[len("mesh:"):])
+    return None
+
+
 def load_entries(data: str, args, device):
-    """Training entries from a folder of fitted fields, or a dataset with dataset.json."""
+    """``(entries, bound)``: training entries from a folder of fitted fields, or from a dataset
+    with dataset.json (its ``train`` split; fitted once, mesh-initialised, cached)."""
     from fastfields.models.diffrf.field import FieldCache
 
     root = Path(data)
@@ -212,23 +230,38 @@ def load_entries(data: str, args, device):
         try:
             from fastfields.datasets import SRNDataset
         except ImportError:
-            raise SystemExit("fastfields diffrf: reading a dataset.json needs fastfields.datasets (not installed here); "
+            raise SystemExit("fastfields diffrf: reading a dataset.json needs fastfields.datasets; "
                              "pass a folder of fitted fields (fastfields diffrf make-data)") from None
-        dataset = SRNDataset(root)
+        info = json.loads((root / "dataset.json").read_text())
+        records = {r["id"]: r for r in info.get("objects", [])}
+        split = "train" if (root / "train").is_dir() else None
+        dataset = SRNDataset(root, split=split)
         cache = FieldCache(root / "diffrf_fields")
         entries = []
         for i in range(len(dataset)):
             item = dataset[i]
-            mesh = None
-            if item.get("mesh") is not None:
-                mesh = item["mesh"]
-            entries.append(cache.get(item, mesh=mesh, iters=args.fit_iters, progress=not args.no_progress))
-        return entries
+            mesh = _dataset_mesh(records[item["id"]]) if item["id"] in records else None
+            entries.append(cache.get(item, mesh=mesh, iters=args.fit_iters, bound=DATASET_BOUND,
+                                     progress=not args.no_progress))
+            print(f"diffrf: field of {item['id']} ready ({'mesh init' if mesh is not None else 'no mesh'})", flush=True)
+        return entries, DATASET_BOUND
     cache = FieldCache(root)
     ids = cache.ids()
     if not ids:
         raise SystemExit(f"fastfields diffrf: {data!r} holds no fitted fields (*.safetensors) and no dataset.json")
-    return [cache.load(i) for i in ids]
+    bounds = set()
+    for i in ids:
+        _, metadata = read_safetensors_meta(cache.path(i))
+        bounds.add(float(json.loads(metadata.get("fit_options", "{}")).get("bound", 1.0)))
+    if len(bounds) > 1:
+        raise SystemExit(f"fastfields diffrf: {data!r} mixes fields fitted in different boxes {sorted(bounds)}")
+    return [cache.load(i) for i in ids], bounds.pop()
+
+
+def read_safetensors_meta(path):
+    from fastfields.models._pretrained import read_safetensors
+
+    return read_safetensors(path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -252,8 +285,8 @@ def _train(args) -> int:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         out = Path(args.out)
-        entries = load_entries(args.data, args, device)
-        overrides = {} if args.rgb_weight is None else {"rgb_loss_weight": args.rgb_weight}
+        entries, bound = load_entries(args.data, args, device)
+        overrides = {"bound": bound} if args.rgb_weight is None else {"bound": bound, "rgb_loss_weight": args.rgb_weight}
         torch.manual_seed(args.seed)  # the same initial weights on every rank
         if args.model:
             model = DiffRF.from_pretrained(args.model, overrides=overrides, backend=args.backend)
