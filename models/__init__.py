@@ -15,5 +15,7 @@ arrays.
   ``synthesis``, ``renderer``, ``superresolution``, ``generator``, ``discriminator``, ``loss``,
   ``train``, ``convert``).
 - ``zerorf`` and ``tensorf``: sparse-view VM fields, sharing ``field_vm``.
+- ``diffrf``: DiffRF, a package (``config``, ``field``, ``unet3d``, ``diffusion``, ``model``,
+  ``train``, ``metrics``, ``synthetic``): diffusion over 32^3 voxel radiance fields.
 
-SSDNeRF and DiffRF are to come."""
+SSDNeRF is to come."""

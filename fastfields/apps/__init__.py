@@ -4,7 +4,7 @@
 
 import importlib
 
-APPS = ("dataset", "lrm", "lrm_train", "zerorf", "eg3d")
+APPS = ("dataset", "lrm", "lrm_train", "zerorf", "eg3d", "diffrf")
 
 
 def register(commands) -> None:
