@@ -74,6 +74,7 @@ setup(
         "fastfields._data",
         "fastfields.kernels",
         "fastfields.models",
+        "fastfields.models.diffrf",
         "fastfields.models.eg3d",
         "fastfields.models.lrm",
         "fastfields.csrc",
