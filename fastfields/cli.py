@@ -24,6 +24,11 @@ def _bench(args) -> int:
     from ._backend import why_unusable
     from .apps._common import check_choices, check_out_dir, resolve_device, set_threads
 
+    if args.gpu_report:
+        from .bench.gpu_report import gpu_report
+
+        set_threads(args.threads)
+        return gpu_report(check_out_dir(args.out or _default_results_dir()), threads=args.threads)
     check_choices("--op", args.op, bench.OP_MODULES)
     check_choices("--backend", args.backend, BENCH_BACKENDS)
     set_threads(args.threads)
@@ -33,11 +38,17 @@ def _bench(args) -> int:
         if reason is not None:
             raise CLIError(f"--backend {backend} cannot run on {device.type} here: {reason}")
     out = None if args.no_write else check_out_dir(args.out or _default_results_dir())
-    rows = bench.run(device=device, full=args.full, ops=args.op, backends=args.backend, log=lambda line: print(line, flush=True))
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    rows = bench.run(device=device, full=args.full, ops=args.op, backends=args.backend, log=log, compile=not args.no_compile)
+    scaling = None
+    if not args.no_scaling:
+        from .bench.scaling import run_scaling
+
+        scaling = run_scaling(device, ops=args.op, backends=args.backend, compile=args.scaling_compile, log=log)
     print()
     print(bench.markdown_table(rows))
     if out is not None:
-        for path in bench.write_report(rows, out, device, args.full):
+        for path in bench.write_report(rows, out, device, args.full, scaling=scaling, note=args.note or ""):
             print(f"wrote {path}")
     return 0
 
@@ -66,6 +77,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     bench.add_argument("--threads", type=int, help="CPU threads for torch and the cpu backend")
     bench.add_argument("--out", help="report folder (default: benchmarks/results in a checkout)")
     bench.add_argument("--no-write", action="store_true", help="print the table only")
+    bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile(baseline) rows (compiling takes minutes on CPU)")
+    bench.add_argument("--no-scaling", action="store_true", help="skip the scaling sweep (time vs work, log-log plot)")
+    bench.add_argument("--scaling-compile", action="store_true", help="include torch.compile in the scaling sweep (one compile per size)")
+    bench.add_argument("--note", help="a line for the report header (e.g. the machine's load)")
+    bench.add_argument("--gpu-report", action="store_true",
+                       help="on a GPU host: backends, the GPU test subset (-m cuda), the full benchmark and scaling, report under --out")
     bench.set_defaults(run=_bench)
 
     info = commands.add_parser("info", help="which backends work here, and why not")

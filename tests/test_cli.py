@@ -41,4 +41,4 @@ def test_report_files(tmp_path):
     data = json.loads((tmp_path / f"{bench.device_slug(torch.device('cpu'))}.json").read_text())
     assert data["rows"][1]["speedup"] == 2.0 and data["meta"]["mode"] == "quick"
     table = (tmp_path / f"{bench.device_slug(torch.device('cpu'))}.md").read_text()
-    assert "| op | case | standard | cpu | fwd | 1.000 | 2.00x | 4 | 2.00x | - | - |" in table
+    assert "| op | case | standard | cpu | fwd | 1.000 | 2.00x | - | 4 | 2.00x | - | - | - |" in table

@@ -1,9 +1,12 @@
 """Measurement and report: each op's fused backends against its PyTorch baseline, in the same run.
 
 A :class:`Case` (defined per op in ``fastfields/bench/<op>.py``) builds its inputs, the
-fused call (given a backend) and the eager PyTorch baseline people write today; the report
-times forward and forward+backward (median), measures peak memory, computes achieved
-bandwidth on GPU, and writes JSON, Markdown and a PNG plot named by device.
+fused call (given a backend) and the eager PyTorch baseline people write today; the run
+times forward and forward+backward (median) of the baseline, of ``torch.compile`` of the
+baseline and of every fused backend, measures peak memory and, for the memory-bound ops,
+achieved bandwidth against the machine's bandwidth measured in the same run.
+:mod:`.report` writes JSON, Markdown and plots named by device; :mod:`.scaling` sweeps
+sizes for the log-log time-vs-work plot.
 
 Peak memory is exact on CUDA (allocator statistics). On CPU it is the sampled rise of
 the process's resident memory during the call, with glibc told to return large blocks
@@ -160,19 +163,78 @@ def fused_backends(device: torch.device, op_backends: Sequence[str] = ("triton",
     return [b for b in op_backends if _backend.why_unusable(b, device.type) is None]
 
 
+BASELINE = "eager (baseline)"
+COMPILED = "torch.compile (baseline)"
+#: Ops whose cost is moving bytes: their rows get achieved GB/s and the fraction of the
+#: bandwidth measured in the same run. (attention, the LRM block and render_triplane are
+#: compute-bound; their compulsory bytes would say nothing about the limit.)
+MEMORY_BOUND_OPS = ("triplane_sample", "tensorf_vm_sample", "voxel_sample", "composite", "adaln_modulate")
+
+
+class Rows(list):
+    """The report's rows (a list of dicts) with ``meta``: the bandwidth measurement, compile
+    settings and anything else the report header states."""
+
+    def __init__(self, rows=(), meta=None):
+        super().__init__(rows)
+        self.meta = dict(meta or {})
+
+
+def measure_bandwidth(device: torch.device, megabytes: Optional[int] = None, min_seconds: float = 0.3) -> Dict[str, float]:
+    """The machine's memory bandwidth, measured now: STREAM-style copy (``b = a``: read + write)
+    and triad (``a = b + s * c``: two reads + a write) on float32 arrays far larger than the
+    caches (default 128 MB each on CPU, 1 GB on GPU), median time, GB/s = bytes moved / s.
+
+    Returns ``{"copy_gbps", "triad_gbps", "gbps" (the larger: the reference), "array_mb"}``."""
+    megabytes = megabytes or (1024 if device.type == "cuda" else 128)
+    n = megabytes * 2**20 // 4
+    a = torch.rand(n, device=device)
+    b = torch.empty_like(a)
+    c = torch.rand(n, device=device)
+    copy_s = median_time(lambda: b.copy_(a), device, min_seconds=min_seconds, max_reps=50)
+    triad_s = median_time(lambda: torch.add(b, c, alpha=1.5, out=a), device, min_seconds=min_seconds, max_reps=50)
+    nbytes = n * 4
+    del a, b, c
+    copy_gbps, triad_gbps = 2 * nbytes / copy_s / 1e9, 3 * nbytes / triad_s / 1e9
+    return {"copy_gbps": copy_gbps, "triad_gbps": triad_gbps, "gbps": max(copy_gbps, triad_gbps), "array_mb": float(megabytes)}
+
+
+def compile_baseline(case: Case) -> Callable[[Dict[str, torch.Tensor]], torch.Tensor]:
+    """``torch.compile`` of the case's eager baseline (inductor, default mode, static shapes):
+    the peer a user would reach for instead of fused kernels. Compiled once per case; the
+    forward+backward pass compiles its own (autograd) graph on its first call."""
+    return torch.compile(case.baseline, dynamic=False)
+
+
 def run(
     device: Optional[torch.device] = None,
     full: bool = False,
     ops: Optional[Sequence[str]] = None,
     backends: Optional[Sequence[str]] = None,
     log: Callable[[str], None] = print,
-) -> List[Dict[str, object]]:
-    """Measure every case on ``device`` and return one row per (case, layout, backend, pass)."""
+    compile: bool = True,
+    bandwidth: bool = True,
+) -> Rows:
+    """Measure every case on ``device``: one row per (case, layout, implementation, pass).
+
+    Implementations: the eager baseline, ``torch.compile`` of it (``compile``; its first
+    call's extra time is reported as ``compile_s`` and excluded from ``ms``) and every fused
+    backend. Memory-bound ops (:data:`MEMORY_BOUND_OPS`) get GB/s of their compulsory traffic
+    and its fraction of the bandwidth measured at the start of the run (``bandwidth``; on
+    GPU also of the spec-sheet peak). Returns :class:`Rows` (a list) whose ``meta`` holds the
+    bandwidth measurement.
+    """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     _return_freed_memory_at_once()
     peak_bw = next((bw for key, bw in PEAK_BANDWIDTH.items() if device.type == "cuda" and key in device_label(device)), None)
+    rows = Rows(meta={"compile": bool(compile), "spec_peak_gbps": peak_bw})
+    if bandwidth:
+        measured = measure_bandwidth(device)
+        rows.meta["bandwidth"] = measured
+        log(f"memory bandwidth: copy {measured['copy_gbps']:.1f} GB/s, triad {measured['triad_gbps']:.1f} GB/s "
+            f"({measured['array_mb']:.0f} MB arrays)")
+    measured_bw = rows.meta.get("bandwidth", {}).get("gbps")
     chosen = backends or fused_backends(device)
-    rows: List[Dict[str, object]] = []
     from . import cases
 
     for case in cases(device, full):
@@ -180,39 +242,69 @@ def run(
             continue
         base_inputs = case.make_inputs(device)
         layouts = {"standard": base_inputs, **{k: fn(base_inputs) for k, fn in case.layouts.items()}}
+        compiled = compile_baseline(case) if compile else None
+        memory_bound = case.op in MEMORY_BOUND_OPS
+
+        def add(layout, backend, pass_name, t, mem, base, compile_s=None, note=None, inputs=None, backward=False):
+            gbps = None
+            if memory_bound and t is not None and inputs is not None:
+                moved = case.bytes_forward(inputs) + (case.bytes_backward(inputs) if backward else 0)
+                gbps = moved / t / 1e9
+            rows.append(_row(case, layout, backend, pass_name, t, mem, base[0], base[1], gbps, peak_bw,
+                             compiled_seconds=base[2], measured_bw=measured_bw, compile_s=compile_s, note=note))
+            log(_format_row(rows[-1]))
+
         for backward in (False, True):
             pass_name = "fwd+bwd" if backward else "fwd"
-            inputs = {k: v.detach().requires_grad_(backward and k in case.grad_inputs) for k, v in base_inputs.items()}
-            fn = pass_fn(lambda: case.baseline(inputs), inputs, case, backward)
-            base_time, base_mem = _measure(fn, device)
-            rows.append(_row(case, "standard", "eager (baseline)", pass_name, base_time, base_mem, base_time, base_mem, None, None))
-            log(_format_row(rows[-1]))
+
+            def prepared(source):
+                return {k: v.detach().requires_grad_(backward and k in case.grad_inputs) for k, v in source.items()}
+
+            inputs = prepared(base_inputs)
+            base_time, base_mem, _ = _measure(pass_fn(lambda: case.baseline(inputs), inputs, case, backward), device)
+            base = [base_time, base_mem, None]
+            add("standard", BASELINE, pass_name, base_time, base_mem, base, inputs=inputs, backward=backward)
+            if compiled is not None:
+                inputs = prepared(base_inputs)
+                try:
+                    t, mem, first = _measure(pass_fn(lambda: compiled(inputs), inputs, case, backward), device)
+                    note = None
+                except Exception as error:  # inductor failures are many types; the report says which
+                    t = mem = first = None
+                    note = f"compile failed: {type(error).__name__}"
+                    gc.collect()
+                base[2] = t
+                add("standard", COMPILED, pass_name, t, mem, base,
+                    compile_s=None if first is None or t is None else max(first - t, 0.0), note=note, inputs=inputs, backward=backward)
             for layout, layout_inputs in layouts.items():
                 for backend in (b for b in chosen if b in case.backends):
-                    inputs = {k: v.detach().requires_grad_(backward and k in case.grad_inputs) for k, v in layout_inputs.items()}
-                    fn = pass_fn(lambda: case.fused(inputs, backend), inputs, case, backward)
-                    t, mem = _measure(fn, device)
-                    moved = case.bytes_forward(inputs) + (case.bytes_backward(inputs) if backward else 0)
-                    gbps = moved / t / 1e9 if device.type == "cuda" and t is not None else None
-                    rows.append(_row(case, layout, backend, pass_name, t, mem, base_time, base_mem, gbps, peak_bw))
-                    log(_format_row(rows[-1]))
+                    inputs = prepared(layout_inputs)
+                    t, mem, _ = _measure(pass_fn(lambda: case.fused(inputs, backend), inputs, case, backward), device)
+                    add(layout, backend, pass_name, t, mem, base, inputs=inputs, backward=backward)
     return rows
 
 
 def _measure(fn, device):
-    """(median seconds, peak bytes), or (None, None) when the call runs out of memory: the
-    eager baselines of the largest cases do on smaller GPUs, and the report says so."""
+    """(median seconds, peak bytes, seconds of the first call), or Nones when the call runs
+    out of memory: the eager baselines of the largest cases do on smaller GPUs, and the
+    report says so. The first call includes any compilation (torch.compile, Triton JIT)."""
     try:
-        return median_time(fn, device), peak_memory(fn, device)
+        _synchronize(device)
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        first = time.perf_counter() - start
+        return median_time(fn, device), peak_memory(fn, device), first
     except torch.OutOfMemoryError:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        return None, None
+        return None, None, None
 
 
-def _row(case, layout, backend, pass_name, seconds, mem, base_seconds, base_mem, gbps, peak_bw):
-    """One report row; ``ms`` None means out of memory (speedup and memory ratio then unknown)."""
+def _row(case, layout, backend, pass_name, seconds, mem, base_seconds, base_mem, gbps, peak_bw,
+         compiled_seconds=None, measured_bw=None, compile_s=None, note=None):
+    """One report row; ``ms`` None means out of memory or a failed compile (``note`` says which)."""
     both = seconds is not None and base_seconds is not None
     return {
         "op": case.op,
@@ -222,88 +314,16 @@ def _row(case, layout, backend, pass_name, seconds, mem, base_seconds, base_mem,
         "pass": pass_name,
         "ms": None if seconds is None else seconds * 1e3,
         "speedup": base_seconds / seconds if both else None,
+        "vs_compile": compiled_seconds / seconds if seconds is not None and compiled_seconds is not None else None,
         "peak_mb": None if mem is None else mem / 2**20,
         # Below 1 MiB the CPU measurement (sampled resident memory) cannot resolve a ratio.
         "memory_ratio": None if not mem or not base_mem or mem < 2**20 else base_mem / mem,
         "gbps": gbps,
+        "pct_measured_bw": None if gbps is None or not measured_bw else 100 * gbps / measured_bw,
         "pct_peak_bw": None if gbps is None or not peak_bw else 100 * gbps / peak_bw,
+        "compile_s": compile_s,
+        "note": note,
     }
 
 
-COLUMNS = ("op", "case", "layout", "backend", "pass", "ms", "speedup", "peak_mb", "memory_ratio", "gbps", "pct_peak_bw")
-HEADERS = ("op", "case", "planes layout", "backend", "pass", "median ms", "speedup", "peak MB", "memory saved", "GB/s", "% peak BW")
-
-
-def _cell(key, value) -> str:
-    if value is None:
-        return "OOM" if key == "ms" else "-"
-    if key == "speedup" or key == "memory_ratio":
-        return f"{value:.2f}x"
-    if isinstance(value, float):
-        return f"{value:.3g}" if key != "ms" else f"{value:.3f}"
-    return str(value)
-
-
-def _format_row(row) -> str:
-    return "  ".join(f"{h}={_cell(k, row[k])}" for k, h in zip(COLUMNS, HEADERS) if row[k] is not None)
-
-
-def markdown_table(rows: List[Dict[str, object]]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(_cell(k, row[k]) for k in COLUMNS) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def write_report(rows: List[Dict[str, object]], out_dir: Path, device: torch.device, full: bool) -> List[Path]:
-    """Write ``<device>.json``, ``<device>.md`` and (with matplotlib) ``<device>.png``."""
-    from ..export import write_text  # atomic: an interrupted run never leaves half a report
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / device_slug(device)
-    meta = {
-        "device": device_label(device),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "mode": "full" if full else "quick",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    written = [stem.with_suffix(".json"), stem.with_suffix(".md")]
-    write_text(written[0], json.dumps({"meta": meta, "rows": rows}, indent=2))
-    header = (
-        f"# fastfields benchmark: {meta['device']}\n\n"
-        f"torch {meta['torch']}, CUDA {meta['cuda']}, {meta['threads']} CPU threads, {meta['mode']} mode, {meta['date']}.\n"
-        "Speedup and memory saved are against the eager PyTorch baseline measured in the same run "
-        "(median of repeated calls; peak memory is the extra memory at the peak of one call; "
-        "memory saved is '-' where the fused call's peak is under 1 MB, below what the CPU "
-        "measurement resolves).\n\n"
-    )
-    write_text(written[1], header + markdown_table(rows) + "\n")
-    plot = _plot(rows, stem.with_suffix(".png"), meta["device"])
-    return written + ([plot] if plot else [])
-
-
-def _plot(rows, path: Path, title: str) -> Optional[Path]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fused = [r for r in rows if r["backend"] != "eager (baseline)" and r["speedup"] is not None]
-    if not fused:
-        return None
-    labels = [f"{r['op']} {r['case']}\n{r['backend']} {r['layout']} {r['pass']}" for r in fused]
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(fused) + 1.5))
-    ax.barh(range(len(fused)), [r["speedup"] for r in fused], color=["C0" if r["pass"] == "fwd" else "C1" for r in fused])
-    ax.axvline(1.0, color="k", linewidth=0.8)
-    ax.set_yticks(range(len(fused)), labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("speedup over the eager PyTorch baseline (same run)")
-    ax.set_title(f"fastfields on {title}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+from .report import _format_row, markdown_table, write_report  # noqa: E402,F401  (kept importable from here)
