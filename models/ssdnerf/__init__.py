@@ -13,5 +13,8 @@ fine-tuning), :mod:`.convert` (official ``.pth`` -> safetensors).
 
 from .config import PRESETS, SSDNeRFConfig
 from .decoder import TriPlaneDecoder
+from .diffusion import GaussianDiffusion
+from .model import SSDNeRF
+from .unet import DenoisingUnet
 
-__all__ = ["PRESETS", "SSDNeRFConfig", "TriPlaneDecoder"]
+__all__ = ["DenoisingUnet", "GaussianDiffusion", "PRESETS", "SSDNeRF", "SSDNeRFConfig", "TriPlaneDecoder"]
