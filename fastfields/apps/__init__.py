@@ -4,7 +4,7 @@
 
 import importlib
 
-APPS = ("lrm", "lrm_train", "zerorf")
+APPS = ("lrm", "lrm_train", "ssdnerf", "zerorf")
 
 
 def register(commands) -> None:
