@@ -116,6 +116,10 @@ class Trainer:
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.device, self.backend = model.to(device), device, backend
+        if dist is not None:  # every rank starts from rank 0's networks, as DistributedDataParallel does
+            with torch.no_grad():
+                for tensor in model.state_dict().values():
+                    dist.broadcast(tensor, 0)
         c = model.config
         # this rank's scenes
         self.scene_ids = list(range(self.rank, len(scenes), self.world))
