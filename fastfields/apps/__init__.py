@@ -4,7 +4,7 @@
 
 import importlib
 
-APPS = ("lrm", "lrm_train", "ssdnerf", "zerorf")
+APPS = ("dataset", "lrm", "lrm_train", "ssdnerf", "zerorf")
 
 
 def register(commands) -> None:

@@ -32,7 +32,8 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="input image(s): RGBA (recentred by alpha) or RGB on white")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="input image(s): RGBA (composited on white) or RGB on white, object centred (see --recenter)")
     parser.add_argument("--checkpoint", help="OpenLRM checkpoint: v1.1 folder (model.safetensors + config.json) or v1.0 model.pth")
     parser.add_argument("--random-init", action="store_true", help="run without weights (random model: the output is meaningless)")
     parser.add_argument("--preset", choices=PRESET_NAMES, default=None,
@@ -43,7 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mesh-resolution", type=int, default=None, help="marching-cubes grid side (default: the model's, 384; 0: no mesh)")
     parser.add_argument("--mesh-threshold", type=float, default=None, help="density iso-level (default: the model's, 3.0)")
     parser.add_argument("--mesh-format", choices=MESH_FORMATS, default="ply")
-    parser.add_argument("--border-ratio", type=float, default=0.2, help="margin around the recentred object")
+    parser.add_argument("--recenter", action="store_true",
+                        help="crop RGBA inputs to their alpha's bounding box and centre them with a --border-ratio margin "
+                             "(OpenLRM's Preprocessor, TripoSR); default: OpenLRM's inference preprocessing as it is "
+                             "(composite on white, bicubic resize)")
+    parser.add_argument("--border-ratio", type=float, default=0.2, help="margin around the object with --recenter")
     parser.add_argument("--fps", type=int, default=24)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--backend", default="auto", help="auto (fused kernels) or torch (unfused reference), triton, cpu, cuda")
@@ -146,7 +151,8 @@ def run(args) -> int:
         watch.times = {k: v for k, v in watch.times.items() if k == "load model"}
         with torch.no_grad():
             with watch("preprocess"):
-                image = preprocess_image(image_path, config.image_size, args.border_ratio)[None].to(device)
+                image = preprocess_image(image_path, config.image_size, args.border_ratio, recenter=args.recenter,
+                                         device=device)[None]
             export.save_image(out / "input.png", image[0].permute(1, 2, 0))
             with watch("encode image"):
                 tokens = model.encode_image(image)

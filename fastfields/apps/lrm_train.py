@@ -65,9 +65,8 @@ def _load_scene(path: str):
 def sample_batch(scenes, config, n_views: int, scene_scale: float, render_size, generator):
     """One training example: input image, its canonical camera and ``1 + n_views`` targets."""
     import torch
-    import torch.nn.functional as F
 
-    from fastfields.models.lrm import camera_feature, normalize_cameras
+    from fastfields.models.lrm import camera_feature, normalize_cameras, resize_source_image
 
     scene = scenes[int(torch.randint(len(scenes), (1,), generator=generator))]
     if len(scene) < 1 + n_views:
@@ -81,15 +80,15 @@ def sample_batch(scenes, config, n_views: int, scene_scale: float, render_size, 
     # The focal length is a fraction of the image size, so it survives the resize.
     intrinsics = torch.tensor([[scene.focal / W, scene.focal / H, 0.5, 0.5]]).expand(len(index), 4)
     size = render_size or H
-    targets = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    source = F.interpolate(images[:1], size=(config.image_size,) * 2, mode="bicubic", antialias=True,
-                           align_corners=False).clamp(0, 1)
+    # OpenLRM's dataset resizes the source and the target views alike: bicubic, align_corners=True, clamp.
+    targets = resize_source_image(images, size)
+    source = resize_source_image(images[:1], config.image_size)
     return {
         "image": source,
         "source_camera": camera_feature(c2w[:1], intrinsics[:1], config.camera_feature),
         "c2w": c2w[None],
         "intrinsics": intrinsics[None],
-        "target": targets.clamp(0, 1).permute(0, 2, 3, 1)[None],
+        "target": targets.permute(0, 2, 3, 1)[None],
         "background": float(scene.background.mean()) if scene.background is not None else 1.0,
     }
 
