@@ -113,7 +113,8 @@ def run(args) -> int:
         if args.data:
             from ..datasets import SRNDataset  # the shared SRN reader
 
-            scenes = list(SRNDataset(args.data))
+            data = SRNDataset(args.data, image_size=args.res)
+            scenes = [data[i] for i in range(len(data))]
         else:
             res = args.res or model.config.test_img_size
             scenes = make_scenes(args.scenes, views=args.views, resolution=res, seed=args.seed)
