@@ -39,8 +39,22 @@ def run(args) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(args.seed)
     res = args.res
-    train = make_scenes(args.train_scenes, views=args.views, resolution=res, seed=args.seed)
-    test = make_scenes(args.test_scenes, views=args.test_views, resolution=res, seed=args.seed + 12345)
+    if args.scenes == "shared":  # fastfields.datasets: procedural chairs/cars rendered with a z-buffer, SRN layout
+        import tempfile
+
+        from ..datasets import SRNDataset, build_dataset
+
+        def load(n, views, seed):
+            root = build_dataset(tempfile.mkdtemp(prefix="ssdnerf-bench-"), categories=("chair", "car"),
+                                 objects_per_category=(n + 1) // 2, views=views, resolution=res, seed=seed,
+                                 include_meshes=False, split={"train": 1.0})
+            data = SRNDataset(root, split="train")
+            return [data[i] for i in range(n)]
+
+        train, test = load(args.train_scenes, args.views, args.seed), load(args.test_scenes, args.test_views, args.seed + 1)
+    else:
+        train = make_scenes(args.train_scenes, views=args.views, resolution=res, seed=args.seed)
+        test = make_scenes(args.test_scenes, views=args.test_views, resolution=res, seed=args.seed + 12345)
     model = SSDNeRF.from_preset(args.preset)
     trainer = Trainer(model, train, batch_size=args.batch, device=device, seed=args.seed)
     _sync(device)
@@ -51,6 +65,7 @@ def run(args) -> dict:
     n_hist = max(1, min(10, args.iters // 5))
     report = {
         "device": device_label(device), "threads": torch.get_num_threads(), "preset": args.preset, "resolution": res,
+        "scenes": args.scenes,
         "train": {"scenes": args.train_scenes, "views": args.views, "iters": args.iters, "time_s": train_time,
                   "pixel_loss_first": sum(history["pixel_loss"][:n_hist]) / n_hist,
                   "pixel_loss_last": sum(history["pixel_loss"][-n_hist:]) / n_hist,
@@ -92,7 +107,7 @@ def to_markdown(r: dict) -> str:
     t = r["train"]
     lines = [
         f"# SSDNeRF single-view reconstruction ({r['device']}, {r['threads']} threads)", "",
-        f"Preset `{r['preset']}`, procedural box-built cars/chairs at {r['resolution']}^2. Prior trained single-stage on "
+        f"Preset `{r['preset']}`, procedural cars/chairs ({'fastfields.datasets builder' if r.get('scenes') == 'shared' else 'box-built, models.ssdnerf.scenes'}) at {r['resolution']}^2. Prior trained single-stage on "
         f"{t['scenes']} scenes x {t['views']} views for {t['iters']} iterations ({t['time_s']:.0f} s): rendering loss "
         f"{t['pixel_loss_first']:.3f} -> {t['pixel_loss_last']:.3f}, training-ray PSNR {t['psnr_first']:.1f} -> "
         f"{t['psnr_last']:.1f} dB. Held-out objects reconstructed from one view, scored on the others.", "",
@@ -112,6 +127,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m fastfields.bench.ssdnerf", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny")
     p.add_argument("--timing-preset", help="also time this preset's reconstruction (e.g. cars_recons1v on a GPU)")
+    p.add_argument("--scenes", choices=("boxes", "shared"), default="boxes",
+                   help="boxes: models.ssdnerf.scenes (exact box renders); shared: fastfields.datasets' builder")
     p.add_argument("--train-scenes", type=int, default=12)
     p.add_argument("--views", type=int, default=8)
     p.add_argument("--iters", type=int, default=120)
@@ -131,6 +148,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     slug = device_slug(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    slug += "-shared-data" if args.scenes == "shared" else ""
     (out / f"ssdnerf-{slug}.json").write_text(json.dumps(report, indent=2))
     (out / f"ssdnerf-{slug}.md").write_text(to_markdown(report))
     sys.stdout.write(to_markdown(report))
