@@ -77,6 +77,7 @@ setup(
         "fastfields.models.diffrf",
         "fastfields.models.eg3d",
         "fastfields.models.lrm",
+        "fastfields.models.ssdnerf",
         "fastfields.csrc",
     ],
     package_dir={

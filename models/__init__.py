@@ -17,5 +17,6 @@ arrays.
 - ``zerorf`` and ``tensorf``: sparse-view VM fields, sharing ``field_vm``.
 - ``diffrf``: DiffRF, a package (``config``, ``field``, ``unet3d``, ``diffusion``, ``model``,
   ``train``, ``metrics``, ``synthetic``): diffusion over 32^3 voxel radiance fields.
-
-SSDNeRF is to come."""
+- ``ssdnerf``: SSDNeRF, a package (``config``, ``decoder``, ``renderer``, ``unet``,
+  ``diffusion``, ``model``, ``train``, ``reconstruct``, ``convert``, ``scenes``): a triplane
+  diffusion prior trained in a single stage with the per-scene codes."""

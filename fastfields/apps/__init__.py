@@ -4,7 +4,7 @@
 
 import importlib
 
-APPS = ("dataset", "lrm", "lrm_train", "zerorf", "eg3d", "diffrf")
+APPS = ("dataset", "lrm", "lrm_train", "zerorf", "eg3d", "diffrf", "ssdnerf")
 
 
 def register(commands) -> None:
