@@ -51,8 +51,10 @@ void run_rays(const Inputs& in, const CompositeArgs& g, bool backward) {
       constexpr int GEOM = decltype(geom)::value;
       at::parallel_for(0, p.R, grain, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
-          if (backward) {
-            composite_backward_ray<GEOM, kChunk>(p, r);
+          if (backward && p.C <= 4) {
+            composite_backward_ray<GEOM, kChunk, 4>(p, r);
+          } else if (backward) {
+            composite_backward_ray<GEOM, kChunk, 0>(p, r);
           } else if (p.C <= 4) {
             composite_forward_ray<GEOM, 4, kChunk>(p, r);
           } else {

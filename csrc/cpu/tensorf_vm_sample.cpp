@@ -271,6 +271,38 @@ inline void pair_backward(const VmSampleParams& p, int k, const T* __restrict__ 
                           const PlaneTaps<A>& t, const LineTaps<A>& lt, const A* __restrict__ g,
                           A* __restrict__ work, const GradBuffers<A>& gb, bool need_xyz, A dxyz[3]) {
   const int64_t R = p.R[k], sR = p.plane_strides[k][0];
+  if (t.mask == 0xFu && lt.mask == 3u && gb.plane[k] != nullptr && gb.line[k] != nullptr && !need_xyz) {
+    // Every tap inside, both gradients wanted (training): one pass over the components reads
+    // each plane corner and line tap once and updates the four plane-gradient rows and the
+    // two line-gradient rows (distinct rows: the corners and taps are distinct pixels).
+    const T* __restrict__ p0 = plane + t.off[0];
+    const T* __restrict__ p1 = plane + t.off[1];
+    const T* __restrict__ p2 = plane + t.off[2];
+    const T* __restrict__ p3 = plane + t.off[3];
+    const A* __restrict__ q0 = line + lt.off[0];
+    const A* __restrict__ q1 = line + lt.off[1];
+    A* __restrict__ d0 = gb.plane[k] + (t.y0 * p.W[k] + t.x0) * R;
+    A* __restrict__ d1 = d0 + R;
+    A* __restrict__ d2 = d0 + p.W[k] * R;
+    A* __restrict__ d3 = d2 + R;
+    A* __restrict__ e0 = gb.line[k] + lt.l0 * R;
+    A* __restrict__ e1 = e0 + R;
+    const A w0 = t.w[0], w1 = t.w[1], w2 = t.w[2], w3 = t.w[3];
+    const A lw0 = lt.w[0], lw1 = lt.w[1];
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t o = comp<CL>(r, sR);
+      const A gp = g[r] * (lw0 * q0[r] + lw1 * q1[r]);
+      d0[r] += w0 * gp;
+      d1[r] += w1 * gp;
+      d2[r] += w2 * gp;
+      d3[r] += w3 * gp;
+      const A f = w0 * ff_load<A>(p0[o]) + w1 * ff_load<A>(p1[o]) + w2 * ff_load<A>(p2[o]) + w3 * ff_load<A>(p3[o]);
+      const A gl = g[r] * f;
+      e0[r] += lw0 * gl;
+      e1[r] += lw1 * gl;
+    }
+    return;
+  }
   A* __restrict__ g_plane = work;         // d loss / d plane value = g * line value
   A* __restrict__ g_line = work + R;      // d loss / d line value = g * plane value
   A* __restrict__ values = work + 2 * R;  // line values, then plane values

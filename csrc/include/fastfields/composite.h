@@ -458,13 +458,20 @@ FF_HD void composite_forward_ray(const CompositeParams<T, A>& p, int64_t r) {
 // Backward walk of ray r (no early stop: t_threshold is for inference only). Per chunk: the
 // optics, the transmittance and the running sum of w dL/dw in order, the per-interval
 // gradients, then every wanted gradient of the chunk's samples, each written once.
-template <int GEOM, int CHUNK, typename T, typename A>
+// CMAX > 0: C <= CMAX, the colour gradient kept in registers and every channel loop of a
+// compile-time trip count (as the forward); CMAX == 0: any C.
+template <int GEOM, int CHUNK, int CMAX = 0, typename T, typename A>
 FF_HD void composite_backward_ray(const CompositeParams<T, A>& p, int64_t r) {
   int64_t first, count;
   composite_ray_range(p, r, first, count);
   const int64_t n = composite_intervals<GEOM>(count);
   const int64_t C = p.C;
-  const A* g_rgb = p.grad_rgb + r * C;
+  const int64_t slots = CMAX > 0 ? CMAX : C;
+  A in_registers[CMAX > 0 ? CMAX : 1];
+  if (CMAX > 0) {
+    for (int64_t c = 0; c < slots; ++c) in_registers[c] = c < C ? p.grad_rgb[r * C + c] : A(0);
+  }
+  const A* g_rgb = CMAX > 0 ? in_registers : p.grad_rgb + r * C;
   const A g_depth = p.grad_depth != nullptr ? p.grad_depth[r] : A(0);
   const A g_opacity = p.grad_opacity[r];
   const A total = p.total[r];
@@ -479,7 +486,9 @@ FF_HD void composite_backward_ray(const CompositeParams<T, A>& p, int64_t r) {
     for (int i = 0; i < len; ++i) {
       const int64_t k = k0 + i;
       A v = g_depth * composite_depth<GEOM>(p, k) + g_opacity;
-      for (int64_t c = 0; c < C; ++c) v += g_rgb[c] * composite_colour<GEOM>(p, k, c);
+      for (int64_t c = 0; c < slots; ++c) {
+        if (c < C) v += g_rgb[c] * composite_colour<GEOM>(p, k, c);
+      }
       if (p.grad_weights != nullptr) v += p.grad_weights[composite_weight_index<GEOM>(p, r, k, j0 + i)];
       const A w = trans * o.alpha[i];
       prefix += w * v;
@@ -514,7 +523,9 @@ FF_HD void composite_backward_ray(const CompositeParams<T, A>& p, int64_t r) {
         }
       }
       if (p.grad_rgbs != nullptr) {
-        for (int64_t c = 0; c < C; ++c) p.grad_rgbs[k * C + c] = ff_store<T>(w_colour * g_rgb[c]);
+        for (int64_t c = 0; c < slots; ++c) {
+          if (c < C) p.grad_rgbs[k * C + c] = ff_store<T>(w_colour * g_rgb[c]);
+        }
       }
     }
   }
@@ -522,7 +533,9 @@ FF_HD void composite_backward_ray(const CompositeParams<T, A>& p, int64_t r) {
     const int64_t k = first + count - 1;
     if (p.grad_sigmas != nullptr) p.grad_sigmas[k] = carry_raw;
     if (p.grad_rgbs != nullptr) {
-      for (int64_t c = 0; c < C; ++c) p.grad_rgbs[k * C + c] = ff_store<T>(carry_w * g_rgb[c]);
+      for (int64_t c = 0; c < slots; ++c) {
+        if (c < C) p.grad_rgbs[k * C + c] = ff_store<T>(carry_w * g_rgb[c]);
+      }
     }
     if (p.grad_a != nullptr) p.grad_a[k] = carry_t;
   }
