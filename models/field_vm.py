@@ -270,7 +270,7 @@ def _intrinsics(op: str, focal, n: int, height: int, width: int, device) -> torc
     """``[n, 4]`` (fx, fy, cx, cy) from a focal length (number, ``[n]``) or intrinsics ``[4]`` / ``[n, 4]``."""
     if isinstance(focal, (bool, str)) or focal is None:
         raise ValueError(f"{op}: focal must be a positive number of pixels, [V] focals or [V, 4] intrinsics, got {focal!r}")
-    if isinstance(focal, (int, float)):
+    if isinstance(focal, (int, float, np.generic)):
         focal = torch.tensor([float(focal)])
     values = as_tensor(focal, "focal", dtype=torch.float32).to(device)
     if values.dim() == 2 or (values.dim() == 1 and values.numel() == 4 and n != 4):
@@ -331,7 +331,8 @@ class VMRadianceField(PretrainedModel, nn.Module):
         super().__init__()
         self.config = resolve_config(type(self), config, **overrides)
         self.decoder = CommonDecoder(3 * self.config.channels, self.config.hidden, self.config.sh_degree)
-        self.grid = OccupancyGrid((-1.0, -1.0, -1.0, 1.0, 1.0, 1.0), resolution=self.config.grid_resolution)
+        with torch.device("cpu"):  # (also under from_pretrained's meta device: its buffers are loaded as they are)
+            self.grid = OccupancyGrid((-1.0, -1.0, -1.0, 1.0, 1.0, 1.0), resolution=self.config.grid_resolution)
         self.history: Dict[str, object] = {}
 
     @property
