@@ -167,13 +167,13 @@ class TensoRFConfig(ModelConfig):
 PRESETS: Dict[str, TensoRFConfig] = {
     # configs/lego.txt (VM-192, 30k iterations, 4096 rays).
     "paper": TensoRFConfig(),
-    # Within the ZeroRF cpu preset's budget (4 views at 100^2, 1000 iterations; TensoRF's are
-    # cheaper): the official field, and the official stages at 1/8 of their iterations
-    # (upsampling at 250, 375, 500, 688, 875; alpha masks at 250, 500). The default
-    # iters / 30000 would put the first stage at iteration 33, before four sparse views have
+    # Two CPU cores, 4 views at 100^2: the official field, 600 iterations of 1024 rays (fewer
+    # CPU seconds than the ZeroRF cpu preset), and the official stages at 0.075 of their
+    # iterations (upsampling at 150, 225, 300, 412, 525; alpha masks at 150, 300). The default
+    # iters / 30000 would put the first stage at iteration 20, before four sparse views have
     # grown any density (measured: the loss stays at the white image's 0.048 for the first 60
     # iterations), and the alpha mask taken then would empty the box.
-    "cpu": TensoRFConfig(iters=1000, batch_size=1024, schedule_scale=0.125),
+    "cpu": TensoRFConfig(iters=600, batch_size=1024, schedule_scale=0.075),
     # Unit tests: 4 components, 16^3 -> 24^3.
     "tiny": TensoRFConfig(density_n_comp=(4, 4, 4), appearance_n_comp=(4, 4, 4), app_dim=6, feature_c=16,
                           n_voxel_init=16**3, n_voxel_final=24**3, iters=30, batch_size=128, step_ratio=1.0,

@@ -5,8 +5,10 @@ PSNR / SSIM on the held-out views and fitting time, per number of input views.
     python -m fastfields.bench.zerorf --device cuda --config paper --res 200 --views 4 \\
         --backend auto --backend torch --model zerorf                  # GPU: fused vs eager fit time
 
-Both models share the field, decoder, renderer, rays, marching and iteration count; only the
-source of the planes and lines (deep prior vs parameters) and the optimiser differ. Input
+ZeroRF follows the official ``--rep=tensorf`` run (alpha supervision, mic scaled by its
+``model_scale``, torch-ngp occupancy grid, occlusion culling, dt_gamma steps); the baseline is
+TensoRF's own TensorVMSplit and training schedule (``fastfields.models.tensorf``), on the same
+input views and box. Input
 views are the farthest-spread camera centres (as ZeroRF's k-means pick); every other view of
 the 100 is held out. Writes ``zerorf-<device>.json`` and ``.md`` under ``--out``. Not part of
 ``fastfields bench`` (that one is per op): this is a model job, like ``fastfields zerorf``.
