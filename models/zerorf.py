@@ -15,8 +15,9 @@ makes four to eight views enough. Generators (``lib/models/zerorf/generators.py`
 - ``Tensorial1D``: conv1d blocks (conv, GroupNorm, SiLU, linear upsampling to a set length),
   ``conv_out`` and a final SiLU: noise ``[1, noise_ch, r]`` -> a line ``[1, channels, 16 r]``.
 
-Everything after the generators (VM lookup, decoder, occupancy-grid rendering) is shared with
-the TensoRF baseline: :mod:`fastfields.models.field_vm`.
+Everything after the generators (VM lookup, decoder, occupancy-grid rendering) is
+ZeroRF's renderer and loss: :mod:`fastfields.models.field_vm` (the TensoRF baseline is its own
+model, :mod:`fastfields.models.tensorf`).
 
 Parameter names follow the official code: ``generator.subs.{i}`` is ZeroRF's
 ``decoder.preprocessor.subs.{i}`` (order xy, z, yz, x, zx, y; ``.noise`` and ``.net.*`` with
@@ -303,7 +304,8 @@ class ZeroRF(VMRadianceField):
     Build with ``ZeroRF(config)`` or fit directly with :meth:`ZeroRF.fit`; presets ``"paper"``
     (official sizes: 20^2 noise -> 320^2 planes), ``"cpu"`` (128^2 planes, about ten minutes
     on two cores for 4 views at 100^2) and ``"tiny"`` (tests). See
-    :class:`~fastfields.models.field_vm.VMRadianceField` for ``fit``, ``render``, ``save`` and ``load``.
+    :class:`~fastfields.models.field_vm.VMRadianceField` for ``fit``, ``render`` and the
+    checkpoints (``save_pretrained`` / ``from_pretrained``, safetensors).
     """
 
     config_class = ZeroRFConfig
