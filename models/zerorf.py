@@ -15,8 +15,9 @@ makes four to eight views enough. Generators (``lib/models/zerorf/generators.py`
 - ``Tensorial1D``: conv1d blocks (conv, GroupNorm, SiLU, linear upsampling to a set length),
   ``conv_out`` and a final SiLU: noise ``[1, noise_ch, r]`` -> a line ``[1, channels, 16 r]``.
 
-Everything after the generators (VM lookup, decoder, occupancy-grid rendering) is shared with
-the TensoRF baseline: :mod:`fastfields.models.field_vm`.
+Everything after the generators (VM lookup, decoder, occupancy-grid rendering) is
+ZeroRF's renderer and loss: :mod:`fastfields.models.field_vm` (the TensoRF baseline is its own
+model, :mod:`fastfields.models.tensorf`).
 
 Parameter names follow the official code: ``generator.subs.{i}`` is ZeroRF's
 ``decoder.preprocessor.subs.{i}`` (order xy, z, yz, x, zx, y; ``.noise`` and ``.net.*`` with
@@ -42,6 +43,12 @@ from .field_vm import Tensors, VMFieldConfig, VMRadianceField
 #: ZeroRF's ``tensor_config``: the generator order, planes and lines interleaved.
 TENSOR_CONFIG = ("xy", "z", "yz", "x", "zx", "y")
 NORM_EPS = 1e-6  # diffusers' resnet_eps / GroupNorm eps in the VAE decoder
+
+
+#: The cpu preset refreshes the full 64^3 grid every CPU_GRID_EVERY iterations with decay
+#: 0.9^CPU_GRID_EVERY (the same forgetting per iteration as ZeroRF's 0.9 every iteration).
+CPU_GRID_EVERY = 4
+CPU_GRID_NOTE = "see the preset"
 
 
 @dataclass
@@ -97,24 +104,22 @@ class ZeroRFConfig(VMFieldConfig):
                 raise ValueError(f"{name}: {key} {bad} are not divisible by their GroupNorm groups ({groups})")
 
 
-PRESETS: Dict[str, Dict] = {
+PRESETS: Dict[str, ZeroRFConfig] = {
     # The official ZeroRF --rep=tensorf setup (zerorf.py / opt.py defaults, NeRF-synthetic, GPU).
-    "paper": {},
+    "paper": ZeroRFConfig(),
     # Two CPU cores, about ten minutes on the shipped 100^2 mic views: 128^2 planes from 8^2 noise,
-    # a quarter of the generator channels, fewer rays, coarser marching, and a grid that forgets
-    # faster (0.6 per refresh every 8 iterations: empty space is skipped after ~70 iterations,
-    # not the ~900 that torch-ngp's 0.95 every 16 takes). At 64^2 planes the factors are too coarse
-    # to overfit four views and the prior has nothing to add (ZeroRF 20.97 vs TensoRF 21.24 dB).
-    "cpu": dict(
+    # a quarter of the generator channels, fewer rays and a coarser smallest step. CPU_GRID_NOTE
+    # explains the grid cadence.
+    "cpu": ZeroRFConfig(
         noise_res=8, block_channels=(16, 32, 32, 64, 64), norm_groups=8, line_channels=(64, 64, 64, 32, 16, 16),
-        line_norm_groups=8, max_steps=256, grid_resolution=48, grid_every=8, grid_warmup=64, grid_decay=0.6,
+        line_norm_groups=8, max_steps=256, grid_every=CPU_GRID_EVERY, grid_decay=round(0.9**CPU_GRID_EVERY, 4),
         n_rays=4096, n_rays_init=1024, iters=1000, lr=4e-3, render_chunk=1 << 14,
     ),
-    # Unit tests: 8^2 planes, a few hundred rays.
-    "tiny": dict(
+    # Unit tests: 8^2 planes, a few hundred rays, an 8^3 grid.
+    "tiny": ZeroRFConfig(
         channels=4, hidden=16, noise_res=2, noise_ch=4, block_channels=(8, 8, 16), norm_groups=4,
         line_channels=(8, 8, 8), line_upsample=(2, 4), line_norm_groups=4, max_steps=64, grid_resolution=8,
-        grid_every=4, grid_warmup=8, grid_decay=0.6, n_rays=256, n_rays_init=128, iters=20, lr=1e-2, render_chunk=1 << 12,
+        n_rays=256, n_rays_init=128, iters=20, lr=1e-2, render_chunk=1 << 12,
     ),
 }
 
@@ -299,7 +304,8 @@ class ZeroRF(VMRadianceField):
     Build with ``ZeroRF(config)`` or fit directly with :meth:`ZeroRF.fit`; presets ``"paper"``
     (official sizes: 20^2 noise -> 320^2 planes), ``"cpu"`` (128^2 planes, about ten minutes
     on two cores for 4 views at 100^2) and ``"tiny"`` (tests). See
-    :class:`~fastfields.models.field_vm.VMRadianceField` for ``fit``, ``render``, ``save`` and ``load``.
+    :class:`~fastfields.models.field_vm.VMRadianceField` for ``fit``, ``render`` and the
+    checkpoints (``save_pretrained`` / ``from_pretrained``, safetensors).
     """
 
     config_class = ZeroRFConfig

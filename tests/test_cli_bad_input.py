@@ -231,9 +231,9 @@ def test_zerorf_lists_only_what_it_wrote(tmp_path, capsys):
     assert code == 0
     line = next(line for line in out.splitlines() if line.startswith("wrote"))
     assert "turntable.gif" not in line and "mesh.ply" not in line and "renders/" not in line
-    for name in ("model.pt", "metrics.json"):
+    for name in ("model.safetensors", "metrics.json"):
         assert name in line and (tmp_path / name).is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "model.pt"]  # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "model.safetensors"]  # no temporary left
 
 
 # --------------------------------------------------------------------------- lrm-train

@@ -3,11 +3,14 @@
 Fits the model to ``--views`` input views of a scene, reports PSNR / SSIM on the held-out
 views, and writes into ``--out``: ``metrics.json``, ``renders/`` (prediction next to ground
 truth for a few held-out views), ``turntable.gif``, ``mesh.ply`` (marching cubes of the
-density, vertex colours seen from outside) and ``model.pt`` (``ZeroRF.load`` reads it back).
+density, vertex colours seen from outside) and ``model.safetensors`` (``ZeroRF.from_pretrained``
+reads it back). As ZeroRF: RGBA inputs (alpha supervises the opacity), NeRF-synthetic objects
+scaled by the official ``model_scale`` (``--bound`` overrides; other scenes: the masks' visual hull).
 
     fastfields zerorf --views 4 --iters 2000 --out zerorf-mic            # CPU preset, shipped mic
     fastfields zerorf --res 200 --device cuda --config paper --out gpu   # GPU timing (fused ops)
     fastfields zerorf --res 200 --device cuda --config paper --backend torch --out gpu-eager
+    fastfields zerorf --baseline tensorf --out tensorf-mic                # the TensoRF-VM baseline
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ def add_parser(commands) -> None:
     parser.add_argument("--select", choices=("spread", "even"), default="spread",
                         help="spread: farthest camera centres (as ZeroRF's k-means); even: evenly spaced indices (default spread)")
     parser.add_argument("--model", choices=("zerorf", "tensorf"), default="zerorf", help="default zerorf")
+    parser.add_argument("--baseline", choices=("tensorf",), help="run the TensoRF-VM baseline instead (= --model tensorf)")
     parser.add_argument("--config", help="preset (paper, cpu, tiny); default: paper on CUDA, cpu otherwise")
     parser.add_argument("--iters", type=int, help="iterations (default: the preset's)")
-    parser.add_argument("--bound", type=float, help="half-size of the scene box in world units (default: the preset's, 1.5)")
+    parser.add_argument("--bound", type=float, help="half-size of the scene box in world units (default: ZeroRF's model_scale / 2 for "
+                        "NeRF-synthetic objects, else the masks' visual hull)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="fastfields ops backend; torch = eager baseline (default auto)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -85,11 +90,13 @@ def export_mesh(model, path, resolution: int, threshold: float, backend: str):
 
     from .. import export
 
-    device = model.decoder.base_net.weight.device
-    bound = model.config.bound
+    zerorf = hasattr(model, "tensors")
+    device = model.decoder.base_net.weight.device if zerorf else model.basis_mat.weight.device
+    bound = model.bound if zerorf else float(model.aabb.abs().max())
     with torch.no_grad():
-        tensors = model.tensors()
-        grid = export.density_grid(lambda p: model.density(p, tensors, backend), resolution, bound, device=device)
+        tensors = model.tensors() if zerorf else None
+        density = (lambda p: model.density(p, tensors, backend)) if zerorf else (lambda p: model.density(p, backend))
+        grid = export.density_grid(density, resolution, bound, device=device)
         vertices, faces = export.marching_cubes(grid, threshold, bound)
         if len(faces) == 0:
             return None, 0
@@ -98,7 +105,8 @@ def export_mesh(model, path, resolution: int, threshold: float, backend: str):
         normals = trimesh.Trimesh(vertices=vertices, faces=faces, process=False).vertex_normals
         xyz = torch.from_numpy(vertices).float().to(device)
         directions = -torch.from_numpy(np.array(normals, dtype=np.float32)).to(device)
-        colors = torch.cat([model.query(tensors, p, d, backend)[1] for p, d in zip(xyz.split(1 << 16), directions.split(1 << 16))])
+        color = (lambda p, d: model.query(tensors, p, d, backend)[1]) if zerorf else (lambda p, d: model.color(p, d, backend))
+        colors = torch.cat([color(p, d) for p, d in zip(xyz.split(1 << 16), directions.split(1 << 16))])
     return export.save_mesh(path, vertices, faces, colors.clamp(0, 1).cpu().numpy()), len(faces)
 
 
@@ -111,7 +119,10 @@ def run(args) -> int:
     from .. import export
     from ..data import farthest_views, select_views
     from ..metrics import psnr, ssim
+    from ..models.field_vm import nerf_synthetic_bound
 
+    if args.baseline:
+        args.model = args.baseline
     check_int("--downscale", args.downscale, minimum=1)
     check_int("--views", args.views, minimum=1)
     check_int("--iters", args.iters, minimum=1)
@@ -130,8 +141,7 @@ def run(args) -> int:
     else:
         from ..models.tensorf import TensoRF as Model
     preset = args.config or ("paper" if device.type == "cuda" else "cpu")
-    overrides = {} if args.bound is None else {"bound": args.bound}
-    config = Model(preset, **overrides).config  # validates the preset before any work
+    config = Model.preset_config(preset)  # validates the preset before any work
     out = check_out_dir(args.out)
 
     scene, source = load_scene(args)
@@ -144,8 +154,9 @@ def run(args) -> int:
     print(f"{args.model}: {source}, {scene.width}x{scene.height}, input views {chosen}, "
           f"{len(held_out)} held-out views; preset {preset!r}, device {device}, backend {args.backend}", flush=True)
 
-    model = Model.fit(inputs.images, inputs.c2w, inputs.focal, config=config, iters=args.iters,
-                      progress=not args.no_progress, device=device, backend=args.backend, seed=args.seed)
+    bound = args.bound if args.bound is not None else nerf_synthetic_bound("mic" if args.data is None else Path(args.data).name)
+    model = Model.fit(inputs.images, inputs.c2w, inputs.focal, alpha=inputs.alpha, config=config, bound=bound,
+                      iters=args.iters, progress=not args.no_progress, device=device, backend=args.backend, seed=args.seed)
     fit_s = model.history["time_s"]
     start = time.perf_counter()
     predictions = model.render(held_out.c2w, scene.height, scene.width, scene.focal, backend=args.backend)
@@ -158,6 +169,8 @@ def run(args) -> int:
         "psnr_inputs": psnr(model.render(inputs.c2w, scene.height, scene.width, scene.focal, backend=args.backend), inputs.images),
         "samples_per_ray": model.history["samples_per_ray"], "final_loss": model.history["loss"][-1] if model.history["loss"] else None,
         "device": str(device), "backend": args.backend, "torch_threads": torch.get_num_threads(),
+        "fit_cpu_s": model.history["cpu_time_s"],
+        "bound": model.bound if hasattr(model, "tensors") else list(model.config.aabb or model.config.box().reshape(-1).tolist()),
     }
     print(f"held-out PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} "
           f"(input views PSNR {metrics['psnr_inputs']:.2f}); fit {fit_s:.1f} s", flush=True)
@@ -181,9 +194,7 @@ def run(args) -> int:
             print(f"mesh: empty at --mesh-threshold {args.mesh_threshold}; no mesh written", flush=True)
         else:
             written.append("mesh.ply")
-    with export.atomic_path(out / "model.pt") as tmp:
-        model.save(tmp)
-    metrics["checkpoint"] = str(out / "model.pt")
+    metrics["checkpoint"] = str(model.save_pretrained(out / "model.safetensors"))
     export.write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    print(f"wrote {out}/ ({', '.join(written + ['model.pt', 'metrics.json'])})", flush=True)
+    print(f"wrote {out}/ ({', '.join(written + ['model.safetensors', 'metrics.json'])})", flush=True)
     return 0
