@@ -122,7 +122,8 @@ def test_bench_writes_its_report_for_a_good_op(tmp_path, capsys, monkeypatch):
     row = {"op": "composite", "case": "c", "layout": "standard", "backend": "eager (baseline)", "pass": "fwd", "ms": 1.0,
            "speedup": 1.0, "peak_mb": 1.0, "memory_ratio": 1.0, "gbps": None, "pct_peak_bw": None}
     monkeypatch.setattr(bench, "run", lambda **kw: [row])
-    code, out, _ = run_cli(["bench", "--op", "composite", "--threads", "1", "--device", "cpu", "--out", str(tmp_path)], capsys)
+    code, out, _ = run_cli(["bench", "--op", "composite", "--threads", "1", "--device", "cpu", "--no-scaling",
+                            "--out", str(tmp_path)], capsys)
     assert code == 0 and "wrote" in out
     assert sorted(p.suffix for p in tmp_path.iterdir() if not p.name.startswith(".")) >= [".json", ".md"]
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
