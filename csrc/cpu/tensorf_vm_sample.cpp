@@ -236,7 +236,7 @@ void fwd_points(const VmSampleParams& p, const T* const planes[3], const A* cons
       prepare_point<A>(p, xyz, n + kLookahead, slot);
       prefetch_planes<T, A>(p, planes, slot);
     }
-    const bool concat = p.reduce == kVmConcat;
+    const bool concat = p.reduce == kReduceConcat;
     T* __restrict__ o = concat ? out + n * p.total_R : out + n;
     if (!q.ok) {
       for (int64_t c = 0; c < (concat ? p.total_R : 1); ++c) o[c] = ff_store<T>(A(0));
@@ -344,7 +344,7 @@ void bwd_points(const VmSampleParams& p, const T* grad_out, int64_t g_sN, int64_
       const T* go = grad_out + n * g_sN;
       for (int k = 0; k < 3; ++k) {
         const int64_t R = p.R[k];
-        if (p.reduce == kVmSum) {
+        if (p.reduce == kReduceSum) {
           const A gs = ff_load<A>(go[0]);
           for (int64_t r = 0; r < R; ++r) g[r] = gs;
         } else {
@@ -420,7 +420,7 @@ VmSampleParams make_params(at::TensorList planes, at::TensorList lines, const at
   for (auto a : vec_mode) {
     TORCH_CHECK(a >= 0 && a < 3, "tensorf_vm_sample: vec_mode entries must be 0, 1 or 2, got ", vec_mode);
   }
-  TORCH_CHECK(reduce == kVmConcat || reduce == kVmSum, "tensorf_vm_sample: reduce must be 0 (concat) or 1 (sum), got ",
+  TORCH_CHECK(reduce == kReduceConcat || reduce == kReduceSum, "tensorf_vm_sample: reduce must be 0 (concat) or 1 (sum), got ",
               reduce);
   TORCH_CHECK(padding == kPadZeros || padding == kPadBorder,
               "tensorf_vm_sample: padding must be 0 (zeros) or 1 (border), got ", padding);
@@ -494,7 +494,7 @@ at::Tensor tensorf_vm_sample_fwd_cpu(at::TensorList planes, at::TensorList lines
   VmSampleParams p = make_params(planes, lines, xyz, mat_mode, vec_mode, reduce, align_corners, padding);
   const at::ScalarType dt = planes[0].scalar_type();
   const Inputs in = prepare_inputs(p, lines, xyz, acc_dtype(dt));
-  at::Tensor out = p.reduce == kVmSum ? at::empty({p.N}, planes[0].options())
+  at::Tensor out = p.reduce == kReduceSum ? at::empty({p.N}, planes[0].options())
                                       : at::empty({p.N, p.total_R}, planes[0].options());
   if (p.N == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "tensorf_vm_sample_fwd_cpu", [&] {
@@ -524,14 +524,14 @@ std::vector<at::Tensor> tensorf_vm_sample_bwd_cpu(const at::Tensor& grad_out, at
   check_cpu({xyz, grad_out}, "xyz and grad_out");
   VmSampleParams p = make_params(planes, lines, xyz, mat_mode, vec_mode, reduce, align_corners, padding);
   const std::vector<int64_t> expected =
-      p.reduce == kVmSum ? std::vector<int64_t>{p.N} : std::vector<int64_t>{p.N, p.total_R};
+      p.reduce == kReduceSum ? std::vector<int64_t>{p.N} : std::vector<int64_t>{p.N, p.total_R};
   TORCH_CHECK(grad_out.sizes().equals(expected), "tensorf_vm_sample: grad_out must have shape ",
               at::IntArrayRef(expected), ", got ", grad_out.sizes());
   const at::ScalarType dt = planes[0].scalar_type();
   const at::ScalarType adt = acc_dtype(dt);
   const Inputs in = prepare_inputs(p, lines, xyz, adt);
   const at::Tensor go = grad_out.to(dt);
-  const int64_t g_sN = go.stride(0), g_sR = p.reduce == kVmSum ? 0 : go.stride(1);
+  const int64_t g_sN = go.stride(0), g_sR = p.reduce == kReduceSum ? 0 : go.stride(1);
 
   // Results in the layout of their inputs (so no copy follows); unrequested ones are empty.
   std::vector<at::Tensor> grads(7);

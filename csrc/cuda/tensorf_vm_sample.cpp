@@ -54,7 +54,7 @@ VmSampleParams make_params(at::TensorList planes, at::TensorList lines, const at
   for (auto a : vec_mode) {
     TORCH_CHECK(a >= 0 && a < 3, "tensorf_vm_sample: vec_mode entries must be 0, 1 or 2, got ", vec_mode);
   }
-  TORCH_CHECK(reduce == kVmConcat || reduce == kVmSum, "tensorf_vm_sample: reduce must be 0 (concat) or 1 (sum), got ",
+  TORCH_CHECK(reduce == kReduceConcat || reduce == kReduceSum, "tensorf_vm_sample: reduce must be 0 (concat) or 1 (sum), got ",
               reduce);
   TORCH_CHECK(padding == kPadZeros || padding == kPadBorder,
               "tensorf_vm_sample: padding must be 0 (zeros) or 1 (border), got ", padding);
@@ -109,7 +109,7 @@ at::Tensor tensorf_vm_sample_fwd_cuda(at::TensorList planes, at::TensorList line
   const c10::cuda::CUDAGuard guard(planes[0].device());
   const at::ScalarType dt = planes[0].scalar_type();
   const at::Tensor xyz_a = accumulation_xyz(p, xyz, dt);
-  at::Tensor out = p.reduce == kVmSum ? at::empty({p.N}, planes[0].options())
+  at::Tensor out = p.reduce == kReduceSum ? at::empty({p.N}, planes[0].options())
                                       : at::empty({p.N, p.total_R}, planes[0].options());
   const void* plane_ptrs[3];
   const void* line_ptrs[3];
@@ -130,14 +130,14 @@ std::vector<at::Tensor> tensorf_vm_sample_bwd_cuda(const at::Tensor& grad_out, a
   VmSampleParams p = make_params(planes, lines, xyz, mat_mode, vec_mode, reduce, align_corners, padding);
   check_cuda(grad_out, planes[0], "grad_out");
   const std::vector<int64_t> expected =
-      p.reduce == kVmSum ? std::vector<int64_t>{p.N} : std::vector<int64_t>{p.N, p.total_R};
+      p.reduce == kReduceSum ? std::vector<int64_t>{p.N} : std::vector<int64_t>{p.N, p.total_R};
   TORCH_CHECK(grad_out.sizes().equals(expected), "tensorf_vm_sample: grad_out must have shape ",
               at::IntArrayRef(expected), ", got ", grad_out.sizes());
   const c10::cuda::CUDAGuard guard(planes[0].device());
   const at::ScalarType dt = planes[0].scalar_type();
   const at::Tensor xyz_a = accumulation_xyz(p, xyz, dt);
   const at::Tensor go = grad_out.to(dt);
-  const int64_t g_sN = go.stride(0), g_sR = p.reduce == kVmSum ? 0 : go.stride(1);
+  const int64_t g_sN = go.stride(0), g_sR = p.reduce == kReduceSum ? 0 : go.stride(1);
   const auto acc_options = xyz_a.options();
 
   // Channels-last accumulation buffers: each corner / tap update is a run of components.

@@ -21,6 +21,7 @@ from typing import Optional, Tuple
 import torch
 
 from .. import _backend
+from .._enums import DensityActivation, Geometry
 from .._checks import FLOAT_DTYPES, check_bool, check_choice, check_coords_dtype, check_same_device, check_tensor
 from ..reference.composite import (
     ACTIVATIONS,
@@ -38,11 +39,11 @@ OP = "composite"
 OP_PACKED = "composite_packed"
 IMPLEMENTED = ("torch", "triton", "cuda", "cpu")
 
-ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
+ACTIVATION_CODES = DensityActivation.codes(ACTIVATIONS)
 # How the kernels read a ray's samples (csrc/include/fastfields/composite.h):
-GEOM_DELTAS = 0  # dense nerf: a = deltas, b = t (optional)
-GEOM_INTERVALS = 1  # packed: a = t_starts, b = t_ends
-GEOM_MIDPOINTS = 2  # dense eg3d: a = t, intervals between consecutive samples
+GEOM_DELTAS = int(Geometry.DELTAS)  # dense nerf: a = deltas, b = t (optional)
+GEOM_INTERVALS = int(Geometry.INTERVALS)  # packed: a = t_starts, b = t_ends
+GEOM_MIDPOINTS = int(Geometry.MIDPOINTS)  # dense eg3d: a = t, intervals between consecutive samples
 
 Outputs = Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from .. import _backend
+from .._enums import ColorActivation, DensityActivation, HiddenActivation, Padding, Reduce, RenderMode
 from .._checks import check_bool, check_choice, check_same_device, check_tensor
 from ..reference.composite import ACTIVATIONS, add_background
 from ..reference.render_triplane import (
@@ -57,12 +58,12 @@ PADDINGS = ("zeros", "border")
 MAX_FUSED_HIDDEN = 128
 
 # Integer codes the kernels read (kernels/render_triplane.py, csrc/cpu/render_triplane.cpp).
-REDUCE_CODES = {name: code for code, name in enumerate(REDUCES)}
-MODE_CODES = {"nerf": 0, "eg3d": 1}
-PADDING_CODES = {name: code for code, name in enumerate(PADDINGS)}
-HIDDEN_CODES = {name: code for code, name in enumerate(HIDDEN_ACTIVATIONS)}
-COLOR_CODES = {name: code for code, name in enumerate(COLOR_ACTIVATIONS)}
-DENSITY_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
+REDUCE_CODES = Reduce.codes(REDUCES)
+MODE_CODES = RenderMode.codes(MODES)
+PADDING_CODES = Padding.codes(PADDINGS)
+HIDDEN_CODES = HiddenActivation.codes(HIDDEN_ACTIVATIONS)
+COLOR_CODES = ColorActivation.codes(COLOR_ACTIVATIONS)
+DENSITY_CODES = DensityActivation.codes(ACTIVATIONS)
 
 Outputs = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]
 

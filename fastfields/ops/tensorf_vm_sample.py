@@ -13,6 +13,7 @@ from typing import List, Sequence, Tuple
 import torch
 
 from .. import _backend
+from .._enums import Padding, Reduce
 from .._checks import (
     FLOAT_DTYPES,
     check_bool,
@@ -44,9 +45,9 @@ TENSORF_VM = dict(mat_mode=TENSORF_MAT_MODE, vec_mode=TENSORF_VEC_MODE, padding=
 ZERORF_VM = dict(mat_mode=((0, 1), (1, 2), (2, 0)), vec_mode=(0, 0, 0), padding="border", align_corners=False)
 
 REDUCTIONS = ("concat", "sum")
-REDUCE_CODES = {name: code for code, name in enumerate(REDUCTIONS)}
+REDUCE_CODES = Reduce.codes(REDUCTIONS)
 PADDINGS = ("zeros", "border")
-PADDING_CODES = {name: code for code, name in enumerate(PADDINGS)}
+PADDING_CODES = Padding.codes(PADDINGS)
 
 PLANES_LAYOUT = "[3, R, H, W] or three [R_k, H_k, W_k] (or TensoRF's [1, R_k, H_k, W_k])"
 LINES_LAYOUT = "[3, R, L] or three [R_k, L_k] (or TensoRF's [1, R_k, L_k, 1])"
@@ -187,7 +188,8 @@ def _forward(backend: str, planes, lines, xyz, mat_mode, vec_mode, reduce, align
     if backend == "triton":
         from ..kernels.tensorf_vm_sample import tensorf_vm_sample_fwd
 
-        return tensorf_vm_sample_fwd(planes, lines, xyz, mat_mode, vec_mode, reduce, align_corners, padding)
+        return tensorf_vm_sample_fwd(planes, lines, xyz, mat_mode, vec_mode, REDUCE_CODES[reduce], align_corners,
+                                     PADDING_CODES[padding])
     return compiled_ops(backend).tensorf_vm_sample_fwd(
         planes, lines, xyz, mat_mode, vec_mode, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding]
     )
@@ -201,7 +203,7 @@ def _backward(backend: str, grad_out, planes, lines, xyz, mat_mode, vec_mode, re
         from ..kernels.tensorf_vm_sample import tensorf_vm_sample_bwd
 
         return tensorf_vm_sample_bwd(
-            grad_out, planes, lines, xyz, mat_mode, vec_mode, reduce, align_corners, padding,
+            grad_out, planes, lines, xyz, mat_mode, vec_mode, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding],
             need_planes, need_lines, need_xyz,
         )
     grads = compiled_ops(backend).tensorf_vm_sample_bwd(

@@ -13,6 +13,7 @@ from typing import List, Sequence, Tuple
 import torch
 
 from .. import _backend
+from .._enums import Padding, Reduce
 from .._checks import check_bool, check_choice, check_coords_dtype, check_dim, check_same_device, check_tensor
 from ..reference.triplane_sample import triplane_sample_reference
 from ._common import compiled_ops, grad_like
@@ -30,9 +31,9 @@ LRM_AXES: Axes = ((0, 1), (0, 2), (2, 1))
 XYZ_AXES: Axes = ((0, 1), (0, 2), (1, 2))
 
 REDUCTIONS = ("none", "sum", "mean", "prod", "concat")
-REDUCE_CODES = {name: code for code, name in enumerate(REDUCTIONS)}
+REDUCE_CODES = Reduce.codes(REDUCTIONS)
 PADDINGS = ("zeros", "border")
-PADDING_CODES = {name: code for code, name in enumerate(PADDINGS)}
+PADDING_CODES = Padding.codes(PADDINGS)
 
 
 def planes_channels_last(planes: torch.Tensor) -> torch.Tensor:
@@ -107,7 +108,7 @@ def _forward(backend: str, planes, xyz, axes, reduce, align_corners, padding) ->
     if backend == "triton":
         from ..kernels.triplane_sample import triplane_sample_fwd
 
-        return triplane_sample_fwd(planes, xyz, axes, reduce, align_corners, padding)
+        return triplane_sample_fwd(planes, xyz, axes, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding])
     return compiled_ops(backend).triplane_sample_fwd(planes, xyz, axes, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding])
 
 
@@ -115,7 +116,8 @@ def _backward(backend: str, grad_out, planes, xyz, axes, reduce, align_corners, 
     if backend == "triton":
         from ..kernels.triplane_sample import triplane_sample_bwd
 
-        return triplane_sample_bwd(grad_out, planes, xyz, axes, reduce, align_corners, padding, need_planes, need_xyz)
+        return triplane_sample_bwd(grad_out, planes, xyz, axes, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding],
+                                   need_planes, need_xyz)
     grads = compiled_ops(backend).triplane_sample_bwd(
         grad_out, planes, xyz, axes, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding], need_planes, need_xyz
     )

@@ -13,6 +13,7 @@ from typing import List, Tuple
 import torch
 
 from .. import _backend
+from .._enums import Padding
 from .._checks import check_bool, check_choice, check_coords_dtype, check_dim, check_same_device, check_tensor
 from ..reference.voxel_sample import voxel_sample_reference
 from ._common import compiled_ops, grad_like
@@ -21,7 +22,7 @@ OP = "voxel_sample"
 IMPLEMENTED = ("torch", "triton", "cuda", "cpu")
 
 PADDINGS = ("zeros", "border")
-PADDING_CODES = {name: code for code, name in enumerate(PADDINGS)}
+PADDING_CODES = Padding.codes(PADDINGS)
 
 
 def volume_channels_last(volume: torch.Tensor) -> torch.Tensor:
@@ -77,7 +78,7 @@ def _forward(backend: str, volume, xyz, align_corners, padding) -> torch.Tensor:
     if backend == "triton":
         from ..kernels.voxel_sample import voxel_sample_fwd
 
-        return voxel_sample_fwd(volume, xyz, align_corners, padding)
+        return voxel_sample_fwd(volume, xyz, align_corners, PADDING_CODES[padding])
     return compiled_ops(backend).voxel_sample_fwd(volume, xyz, align_corners, PADDING_CODES[padding])
 
 
@@ -85,7 +86,7 @@ def _backward(backend: str, grad_out, volume, xyz, align_corners, padding, need_
     if backend == "triton":
         from ..kernels.voxel_sample import voxel_sample_bwd
 
-        return voxel_sample_bwd(grad_out, volume, xyz, align_corners, padding, need_volume, need_xyz)
+        return voxel_sample_bwd(grad_out, volume, xyz, align_corners, PADDING_CODES[padding], need_volume, need_xyz)
     grads = compiled_ops(backend).voxel_sample_bwd(
         grad_out, volume, xyz, align_corners, PADDING_CODES[padding], need_volume, need_xyz
     )

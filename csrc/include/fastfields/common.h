@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "fastfields/enums.h"  // option codes, generated from fastfields/_enums.py
+
 #ifdef __CUDACC__
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
