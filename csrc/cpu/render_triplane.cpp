@@ -26,7 +26,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
@@ -41,6 +40,7 @@
 
 #include "fastfields/composite.h"
 #include "fastfields/triplane_sample.h"
+#include "fastfields/schemas.h"
 
 namespace fastfields {
 namespace {
@@ -1110,23 +1110,4 @@ Bwd render_triplane_bwd_cpu(const at::Tensor& grad_rgb, const at::Tensor& grad_d
 }  // namespace
 }  // namespace fastfields
 
-TORCH_LIBRARY_FRAGMENT(fastfields_cpu, m) {
-  m.def(
-      "render_triplane_fwd(Tensor planes, Tensor rays_o, Tensor rays_d, Tensor t, Tensor? deltas, Tensor first_w, "
-      "Tensor first_b, Tensor hidden_w, Tensor hidden_b, Tensor last_w, Tensor last_b, int[] axes, int reduce, "
-      "bool align_corners, int padding, float scale, int activation, int color_act, int mode, "
-      "int density_activation, float density_bias, float distance_scale, bool mask_outside, float t_threshold, "
-      "bool return_weights) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "render_triplane_bwd(Tensor grad_rgb, Tensor grad_depth, Tensor grad_opacity, Tensor total, Tensor planes, "
-      "Tensor rays_o, Tensor rays_d, Tensor t, Tensor? deltas, Tensor first_w, Tensor first_b, Tensor hidden_w, "
-      "Tensor hidden_b, Tensor last_w, Tensor last_b, int[] axes, int reduce, bool align_corners, int padding, "
-      "float scale, int activation, int color_act, int mode, int density_activation, float density_bias, "
-      "float distance_scale, bool mask_outside, float t_threshold, bool return_weights) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(fastfields_cpu, CPU, m) {
-  m.impl("render_triplane_fwd", TORCH_FN(fastfields::render_triplane_fwd_cpu));
-  m.impl("render_triplane_bwd", TORCH_FN(fastfields::render_triplane_bwd_cpu));
-}
+FF_REGISTER_KERNELS(fastfields_cpu, CPU, render_triplane, fastfields::render_triplane_fwd_cpu, fastfields::render_triplane_bwd_cpu)

@@ -11,10 +11,6 @@
 namespace fastfields {
 namespace triplane_bind {
 
-inline at::ScalarType acc_dtype(at::ScalarType planes_dtype) {
-  return planes_dtype == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 // Checks the arguments (naming the offending one) and fills sizes, planes strides, axes,
 // reduce, padding and align_corners. xyz / grad_out strides are set by the callers once the
 // tensors have been converted to the dtypes the kernels read.
