@@ -859,7 +859,7 @@ def render_triplane_fwd(planes_cl, rays_o, rays_d, t, deltas, first_w, first_b, 
     ``[B, R, 3]``, t ``[B, R, S]``, deltas ``[B, R, S]`` (nerf) or None (eg3d), the decoder
     (first_w ``[Hd, F]``, first_b ``[Hd]``, hidden_w ``[L, Hd, Hd]``, hidden_b ``[L, Hd]``,
     last_w ``[O, Hd]``, last_b ``[O]``) and the option codes of
-    ``fastfields.ops.render_triplane._options``.
+    ``fastfields.ops.render_triplane._kernel_options`` (codes of :mod:`fastfields._enums`).
 
     Returns ``rgb [B, R, O - 1]``, ``depth [B, R]``, ``opacity [B, R]`` and the weights
     ``[B, R, S']`` (``S' = S`` nerf, ``S - 1`` eg3d) or an empty ``[0]``, all float32.
