@@ -22,7 +22,7 @@ keep programs running side by side off each other's addresses, and the first lay
 Semantics: ``fastfields/reference/render_triplane.py`` (``render_pass_reference``) with
 the compositing of ``csrc/include/fastfields/composite.h``; the bilinear taps are
 ``F.grid_sample``'s (as ``_grid.py``). Integer codes are those of
-``fastfields/ops/render_triplane.py`` (REDUCE_CODES, MODE_CODES, ...).
+``fastfields/_enums.py`` (Reduce, RenderMode, HiddenActivation, ColorActivation, ...).
 
 Padding to tensor-core shapes: ``tl.dot`` needs every dimension >= 16, so the hidden
 width is padded to HD_P (a power of two >= 16), the outputs to O_P and the channels are
