@@ -69,10 +69,12 @@ setup(
         "fastfields.reference",
         "fastfields.bench",
         "fastfields.rendering",
+        "fastfields.datasets",
         "fastfields.apps",
         "fastfields._data",
         "fastfields.kernels",
         "fastfields.models",
+        "fastfields.models.lrm",
         "fastfields.csrc",
     ],
     package_dir={
@@ -86,7 +88,7 @@ setup(
     package_data={
         "fastfields.csrc": ["*/*.cpp", "*/*.cu", "*/*.cuh", "include/fastfields/*.h"],
         # the NeRF-synthetic mic views the zerorf job and its tests default to
-        "fastfields._data": ["mic/*.npz", "mic/README.md"],
+        "fastfields._data": ["mic/*.npz", "mic/README.md", "meshes/README.md", "meshes/*/*"],
     },
     install_requires=["torch>=2.4", "numpy", "ninja"],
     extras_require={

@@ -50,3 +50,24 @@ def check_bool(op: str, name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{op}: {name} must be a bool, got {value!r}")
     return value
+
+
+def check_finite_float(op: str, name: str, value, *, positive: bool = False, allow_none: bool = False):
+    """A real number (not a bool) that is finite (and > 0 when ``positive``); None when ``allow_none``."""
+    import math
+    import numbers
+
+    if value is None and allow_none:
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: {name} must be a float{' or None' if allow_none else ''}, got {value!r}")
+    if not math.isfinite(value) or (positive and not value > 0):
+        raise ValueError(f"{op}: {name} must be a finite{' positive' if positive else ''} float, got {value!r}")
+    return value
+
+
+def check_not_meta(op: str, named: Iterable[Tuple[str, object]], why: str) -> None:
+    """Refuse meta tensors (no data) where the op must read values on the host (``why``)."""
+    for name, value in named:
+        if isinstance(value, torch.Tensor) and value.is_meta:
+            raise ValueError(f"{op}: {name} is a meta tensor (shape only, no data), but {why}; pass a CPU or CUDA tensor")

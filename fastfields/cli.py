@@ -8,26 +8,36 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from .apps._common import EXIT_INTERRUPTED, CLIError, run_job
+
 
 def _default_results_dir() -> Path:
     repo_results = Path("benchmarks") / "results"
     return repo_results if repo_results.parent.is_dir() else Path("fastfields-results")
 
 
+BENCH_BACKENDS = ("triton", "cuda", "cpu")
+
+
 def _bench(args) -> int:
-    import torch
-
     from . import bench
+    from ._backend import why_unusable
+    from .apps._common import check_choices, check_out_dir, resolve_device, set_threads
 
-    device = torch.device(args.device) if args.device else None
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    check_choices("--op", args.op, bench.OP_MODULES)
+    check_choices("--backend", args.backend, BENCH_BACKENDS)
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    for backend in args.backend or ():
+        reason = why_unusable(backend, device.type)
+        if reason is not None:
+            raise CLIError(f"--backend {backend} cannot run on {device.type} here: {reason}")
+    out = None if args.no_write else check_out_dir(args.out or _default_results_dir())
     rows = bench.run(device=device, full=args.full, ops=args.op, backends=args.backend, log=lambda line: print(line, flush=True))
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print()
     print(bench.markdown_table(rows))
-    if not args.no_write:
-        for path in bench.write_report(rows, Path(args.out or _default_results_dir()), device, args.full):
+    if out is not None:
+        for path in bench.write_report(rows, out, device, args.full):
             print(f"wrote {path}")
     return 0
 
@@ -66,8 +76,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     register(commands)
 
-    args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("\nfastfields: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return run_job(f"fastfields {args.command}", args.run, args)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,12 @@ turntable videos (GIF / MP4).
 
 Not hot kernels, so they lean on well-kept libraries, imported only when called:
 PyMCubes (marching cubes), trimesh (mesh files), imageio (GIF / MP4; MP4 needs
-``imageio-ffmpeg``). They come with ``pip install fastfields[models]``.
+``imageio-ffmpeg``). They come with ``pip install fastfields[models]``; a missing one raises
+:class:`MissingDependency` naming the extra.
+
+Every writer goes through :func:`atomic_path`: the file is written under a temporary name
+in the destination folder and renamed over ``path`` once complete, so an interrupted
+export (Ctrl-C, a full disk, a crash) never leaves a truncated file under the real name.
 
     >>> import torch, fastfields.export as E
     >>> sphere = lambda p: 1.0 - p.norm(dim=-1)                    # positive inside
@@ -15,8 +20,10 @@ PyMCubes (marching cubes), trimesh (mesh files), imageio (GIF / MP4; MP4 needs
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,13 +33,52 @@ MESH_FORMATS = (".ply", ".obj", ".glb")
 VIDEO_FORMATS = (".gif", ".mp4")
 
 
+class MissingDependency(ImportError):
+    """An optional package is not installed; the message names the pip extra that brings it."""
+
+
+_PACKAGES = {"mcubes": "PyMCubes", "imageio_ffmpeg": "imageio-ffmpeg", "PIL": "pillow"}
+
+
 def _require(module: str, extra: str = "models"):
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        raise ImportError(f"fastfields.export needs {module!r}: pip install 'fastfields[{extra}]'") from error
+        package = _PACKAGES.get(module, module)
+        raise MissingDependency(f"fastfields.export needs {package!r}: pip install 'fastfields[{extra}]'") from error
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (same suffix, so writers pick the same format);
+    on success it replaces ``path`` in one rename, on any error (or Ctrl-C) it is removed.
+
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+        >>> with atomic_path(target) as tmp:
+        ...     _ = tmp.write_text("done")
+        >>> target.read_text()
+        'done'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    """Write a text file (JSON reports, ...) atomically, as :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def grid_points(resolution: int, bound: float = 1.0, *, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -96,8 +142,8 @@ def save_mesh(path: PathLike, vertices: np.ndarray, faces: np.ndarray, colors: O
         if colors.dtype != np.uint8:
             colors = (np.clip(colors, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
     mesh = trimesh.Trimesh(vertices=np.asarray(vertices), faces=np.asarray(faces), vertex_colors=colors, process=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mesh.export(path)
+    with atomic_path(path) as tmp:
+        mesh.export(tmp, file_type=path.suffix.lower()[1:])
     return path
 
 
@@ -118,8 +164,8 @@ def save_image(path: PathLike, image: Union[torch.Tensor, np.ndarray]) -> Path:
     """Write one ``[H, W, 3]`` image (PNG, JPEG, ... by suffix)."""
     imageio = _require("imageio")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.imwrite(path, to_uint8(image))
+    with atomic_path(path) as tmp:
+        imageio.imwrite(tmp, to_uint8(image))
     return path
 
 
@@ -130,11 +176,16 @@ def save_video(path: PathLike, frames: Union[torch.Tensor, np.ndarray, Sequence]
     suffix = path.suffix.lower()
     if suffix not in VIDEO_FORMATS:
         raise ValueError(f"save_video: path must end in one of {VIDEO_FORMATS}, got {str(path)!r}")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < float("inf"):
+        raise ValueError(f"save_video: fps must be a positive number, got {fps!r}")
     frames = [to_uint8(frame) for frame in frames]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".gif":
-        imageio.mimsave(path, frames, duration=1000 / fps, loop=0)
-    else:
+    if not frames:
+        raise ValueError(f"save_video: no frames to write to {str(path)!r}")
+    if suffix == ".mp4":
         _require("imageio_ffmpeg")
-        imageio.mimsave(path, frames, fps=fps)
+    with atomic_path(path) as tmp:
+        if suffix == ".gif":
+            imageio.mimsave(tmp, frames, duration=1000 / fps, loop=0)
+        else:
+            imageio.mimsave(tmp, frames, fps=fps)
     return path

@@ -32,7 +32,12 @@ def _normalize_row(x_ptr, row, D, offs, mask, eps, ACC_DTYPE: tl.constexpr):
     x = tl.load(x_ptr + row * D + offs, mask=mask, other=0.0).to(ACC_DTYPE)
     mean = tl.sum(x, axis=0) / D
     centered = tl.where(mask, x - mean, 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=0) / D + eps)
+    # The squares of float32 deviations beyond ~1e19 overflow (1/std would be 0): divide them by
+    # a power of two near the largest first (1 for ordinary rows, so those are unchanged).
+    largest = tl.max(tl.abs(centered), axis=0)
+    p = tl.where((largest > 1e15) & (largest < float("inf")), tl.exp2(tl.floor(tl.log2(largest))), 1.0)
+    c = centered / p
+    rstd = 1.0 / (p * tl.sqrt(tl.sum(c * c, axis=0) / D + eps / p / p))
     return centered * rstd, mean, rstd
 
 

@@ -51,7 +51,9 @@ def _activate(x, ACT: tl.constexpr):
     if ACT == 1:
         y = tl.where(x < 0.0, 0.0, x)
     elif ACT == 2:
-        y = tl.where(x > 20.0, x, _log1p(tl.exp(tl.minimum(x, 20.0))))
+        # x > 20 is False for NaN and tl.minimum drops NaNs: pass x itself through so that a NaN
+        # density spoils its ray, as in torch.
+        y = tl.where((x > 20.0) | (x != x), x, _log1p(tl.exp(tl.minimum(x, 20.0))))
     elif ACT == 3 or ACT == 4:
         y = tl.exp(x)
     else:
@@ -66,11 +68,11 @@ def _activate_grad(x, ACT: tl.constexpr):
         d = tl.where(x > 0.0, 1.0, 0.0)
     elif ACT == 2:
         z = tl.exp(tl.minimum(x, 20.0))
-        d = tl.where(x > 20.0, 1.0, z / (z + 1.0))
+        d = tl.where(x > 20.0, 1.0, tl.where(x != x, x, z / (z + 1.0)))
     elif ACT == 3:
         d = tl.exp(x)
     elif ACT == 4:
-        d = tl.exp(tl.minimum(x, 15.0))
+        d = tl.where(x != x, x, tl.exp(tl.minimum(x, 15.0)))
     else:
         d = tl.full(x.shape, 1.0, x.dtype)
     return d

@@ -341,7 +341,7 @@ def as_tensor(value, name: str, *, dtype: Optional[torch.dtype] = torch.float32,
               ndim: Optional[Union[int, Tuple[int, ...]]] = None) -> torch.Tensor:
     """``value`` (a tensor, numpy array or nested list) as a tensor; errors name ``name``.
 
-    ``dtype=None`` keeps a tensor's dtype (numpy float64 becomes float32 unless asked).
+    ``dtype=None`` keeps the input's dtype (a numpy float64 array stays float64).
     ``ndim`` checks the number of dimensions (an int or a tuple of allowed ones).
     """
     if isinstance(value, torch.Tensor):

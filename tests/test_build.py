@@ -1,12 +1,17 @@
 """The C++/CUDA sources: nvcc compiles every .cu, and the JIT build is safe to interrupt and share."""
 
+import hashlib
+import json
+import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastfields import _build
 
@@ -74,3 +79,136 @@ def test_failed_build_reports_its_log(tmp_path):
     with pytest.raises(_build.BuildError, match="build log") as info:
         _build.compile_and_load("fastfields_broken", [tmp_path / "tiny.cpp"], tmp_path / "build", _build._flags("cpu"))
     assert info.value.log_path.exists() and "error" in info.value.log_path.read_text().lower()
+
+
+# --------------------------------------------------------------------------- build faults (issue 20)
+
+
+def _fake_build(tmp_path, monkeypatch, content=b"\x7fELF built library"):
+    """compile_and_load with the compiler and the loader replaced: records what happened."""
+    calls = {"built": 0, "loaded": []}
+
+    def build(request):
+        calls["built"] += 1
+        Path(request["directory"], request["name"] + ".so").write_bytes(content)
+        return 0
+
+    monkeypatch.setattr(_build, "_run_build_worker", build)
+    monkeypatch.setattr(_build.torch.ops, "load_library", lambda path: calls["loaded"].append(Path(path).read_bytes()))
+    directory = tmp_path / "build"
+    run = lambda: _build.compile_and_load("fastfields_fake", [tmp_path / "x.cpp"], directory, _build._flags("cpu"))  # noqa: E731
+    return calls, directory, run
+
+
+def test_stamp_records_size_and_checksum(tmp_path, monkeypatch):
+    calls, directory, run = _fake_build(tmp_path, monkeypatch)
+    run()
+    record = json.loads((directory / "BUILD_OK").read_text())
+    library = directory / "fastfields_fake.so"
+    assert record["size"] == library.stat().st_size
+    assert record["sha256"] == hashlib.sha256(library.read_bytes()).hexdigest()
+    run()  # cached: loaded again, not rebuilt
+    assert calls["built"] == 1 and len(calls["loaded"]) == 2
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "same size, other bytes"])
+def test_damaged_cached_library_is_rebuilt_not_loaded(tmp_path, monkeypatch, capsys, damage):
+    calls, directory, run = _fake_build(tmp_path, monkeypatch)
+    run()
+    library = directory / "fastfields_fake.so"
+    good = library.read_bytes()
+    library.write_bytes({"truncated": good[:5], "empty": b"", "same size, other bytes": good[::-1]}[damage])
+    run()
+    assert calls["built"] == 2, "a library that does not match its record must be rebuilt"
+    assert calls["loaded"] == [good, good], "the damaged library must never be loaded"
+    assert "rebuilding fastfields_fake" in capsys.readouterr().err
+
+
+def test_stamp_of_the_earlier_format(tmp_path):
+    """The earlier stamp held the torch version only: accepted for a complete ELF library (and
+    upgraded), refused for a truncated one."""
+    library = Path(sys.executable).resolve()  # a complete ELF file
+    if library.read_bytes()[:4] != b"\x7fELF":
+        pytest.skip("not an ELF platform")
+    copy, stamp = tmp_path / "lib.so", tmp_path / "BUILD_OK"
+    copy.write_bytes(library.read_bytes())
+    stamp.write_text("2.13.0")
+    assert _build.stamp_mismatch(stamp, copy) is None
+    assert json.loads(stamp.read_text())["size"] == copy.stat().st_size
+    stamp.write_text("2.13.0")
+    copy.write_bytes(library.read_bytes()[:4096])
+    assert "incomplete" in _build.stamp_mismatch(stamp, copy)
+
+
+TRUNCATED_LOAD = """
+import sys
+from pathlib import Path
+from fastfields import _build
+directory = Path(sys.argv[1])
+_build._run_build_worker = lambda request: 1  # the rebuild "fails": what matters is no SIGBUS
+try:
+    _build.compile_and_load("fastfields_trunc", [directory.parent / "x.cpp"], directory, _build._flags("cpu"))
+except _build.BuildError as error:
+    print("BuildError", error)
+"""
+
+
+def test_truncated_library_with_its_stamp_does_not_crash_the_process(tmp_path):
+    """What killed `fastfields info` with SIGBUS: a cached library cut short, its stamp intact."""
+    library = Path(torch.__file__).parent / "lib" / "libtorch_global_deps.so"
+    if not library.is_file():
+        library = Path(sys.executable).resolve()
+    directory = tmp_path / "build"
+    directory.mkdir()
+    data = library.read_bytes()
+    (directory / "fastfields_trunc.so").write_bytes(data)
+    _build._write_stamp(directory / "BUILD_OK", directory / "fastfields_trunc.so")
+    (directory / "fastfields_trunc.so").write_bytes(data[: len(data) // 3])
+    result = subprocess.run([sys.executable, "-c", TRUNCATED_LOAD, str(directory)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "rebuilding fastfields_trunc" in result.stderr and "BuildError" in result.stdout
+
+
+KILLED_BUILD = """
+import sys
+from pathlib import Path
+from fastfields import _build
+directory = Path(sys.argv[1])
+_build.compile_and_load("fastfields_killtest", [directory.parent / "tiny.cpp"], directory, _build._flags("cpu"))
+"""
+
+
+def _processes():
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid, pgrp = stat[stat.rindex(")") + 2:].split()[1:3]
+            table[int(entry)] = (int(ppid), int(pgrp))
+    return table
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killed_build_takes_its_compilers_with_it(tmp_path):
+    """SIGKILL the process that started a JIT build while ninja runs: ninja and the compilers
+    (the build child's process group) must go too."""
+    (tmp_path / "tiny.cpp").write_text(TINY_OP)
+    parent = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(tmp_path / "build")], stderr=subprocess.DEVNULL)
+    group, deadline = None, time.time() + 300
+    while group is None and time.time() < deadline and parent.poll() is None:
+        table = _processes()
+        for worker in (pid for pid, (ppid, _) in table.items() if ppid == parent.pid):
+            if any(pgrp == worker and pid != worker for pid, (_, pgrp) in table.items()):
+                group = worker
+        time.sleep(0.2)
+    assert group is not None, "the build never started its compiler"
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(pgrp == group for _, pgrp in _processes().values()):
+        time.sleep(0.2)
+    assert not any(pgrp == group for _, pgrp in _processes().values()), "compiler processes outlived the build"

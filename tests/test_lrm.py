@@ -252,7 +252,7 @@ def test_normalize_cameras_makes_the_source_canonical():
 def test_preprocess_recentres_by_alpha_bbox():
     rgba = np.zeros((100, 80, 4), np.uint8)
     rgba[10:30, 50:70] = (255, 0, 0, 255)  # a 20 x 20 red square in a corner
-    out = preprocess_image(rgba, 50, border_ratio=0.2)
+    out = preprocess_image(rgba, 50, border_ratio=0.2, recenter=True)
     assert out.shape == (3, 50, 50) and out.dtype == torch.float32
     red = (out[0] > 0.9) & (out[1] < 0.1)
     rows, cols = torch.nonzero(red.any(1)).flatten(), torch.nonzero(red.any(0)).flatten()
@@ -458,3 +458,203 @@ def test_e2e_benchmark_rows_and_report(tmp_path):
     written = bench_lrm.write_report(rows, tmp_path, torch.device("cpu"),
                                      {"render_size": 8, "mesh_resolution": 8, "repeats": 1, "presets": ["tiny"]})
     assert json.loads(written[0].read_text())["rows"] == rows
+
+
+# ---------------------------------------------------------------------------------------
+# The package layout and its convention (issue 14), OpenLRM's preprocessing (issue 18)
+
+
+def openlrm_infer_single_image(image_path, source_size, device="cpu"):
+    """A plain transcription of OpenLRM's LRMInferrer.infer_single (openlrm/runners/infer/lrm.py
+    @ 3108b69), up to the model call."""
+    from PIL import Image
+
+    image = torch.from_numpy(np.array(Image.open(image_path))).to(device)
+    image = image.permute(2, 0, 1).unsqueeze(0) / 255.0
+    if image.shape[1] == 4:  # RGBA
+        image = image[:, :3, ...] * image[:, 3:, ...] + (1 - image[:, 3:, ...])
+    image = torch.nn.functional.interpolate(image, size=(source_size, source_size), mode='bicubic', align_corners=True)
+    image = torch.clamp(image, 0, 1)
+    return image
+
+
+@pytest.mark.parametrize("name", ["triposr_chair.png", "openlrm_owl.png"])
+@pytest.mark.parametrize("size", [56, 224, 336])
+def test_preprocess_is_openlrms_infer_single(name, size):
+    """The default path gives OpenLRM's tensor for the same file, bit for bit, from a path,
+    a PIL image or the uint8 array."""
+    from PIL import Image
+
+    expected = openlrm_infer_single_image(EXAMPLES / name, size)[0]
+    got = preprocess_image(EXAMPLES / name, size)
+    assert got.dtype == torch.float32 and got.shape == (3, size, size) and got.is_contiguous()
+    assert torch.equal(got, expected)
+    with Image.open(EXAMPLES / name) as pil:
+        assert torch.equal(preprocess_image(pil, size), expected)
+        assert torch.equal(preprocess_image(np.array(pil), size), expected)
+    if torch.cuda.is_available():  # OpenLRM preprocesses on its model's device
+        on_gpu = openlrm_infer_single_image(EXAMPLES / name, size, "cuda")[0]
+        assert torch.equal(preprocess_image(EXAMPLES / name, size, device="cuda"), on_gpu)
+
+
+def test_preprocess_modes_openlrm_cannot_read_are_converted(tmp_path):
+    """OpenLRM reads RGB / RGBA files only; a palette file with transparency is read as its
+    RGBA conversion, a grey one as RGB; a non-square image is stretched as OpenLRM does."""
+    from PIL import Image
+
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[5:15, 10:25] = (200, 40, 10, 255)
+    Image.fromarray(rgba).convert("P").save(tmp_path / "palette.png", transparency=0)
+    with Image.open(tmp_path / "palette.png") as pil:
+        assert pil.mode == "P"
+        expected = preprocess_image(np.array(pil.convert("RGBA")), 16)
+    torch.testing.assert_close(preprocess_image(tmp_path / "palette.png", 16), expected, rtol=0, atol=0)
+    Image.fromarray(rgba[..., 0]).save(tmp_path / "grey.png")
+    grey = preprocess_image(tmp_path / "grey.png", 16)
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
+    Image.fromarray(rgba).save(tmp_path / "wide.png")
+    assert torch.equal(preprocess_image(tmp_path / "wide.png", 16), openlrm_infer_single_image(tmp_path / "wide.png", 16)[0])
+    with pytest.raises(FileNotFoundError, match="no such image"):
+        preprocess_image(tmp_path / "missing.png", 16)
+    with pytest.raises(ValueError, match="background"):
+        preprocess_image(rgba, 16, background=2.0)
+
+
+def test_preprocess_recenter_is_an_option():
+    """recenter=True scales the alpha box of the chair to size * (1 - border_ratio), centred;
+    the default keeps OpenLRM's framing (which differs)."""
+    size, border = 64, 0.25
+    out = preprocess_image(EXAMPLES / "triposr_chair.png", size, border, recenter=True)
+    default = preprocess_image(EXAMPLES / "triposr_chair.png", size)
+    assert (out - default).abs().max() > 0.5
+    ink = (out < 0.98).any(0)
+    rows, cols = torch.nonzero(ink.any(1)).flatten(), torch.nonzero(ink.any(0)).flatten()
+    extent = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1).item()
+    assert abs(extent - size * (1 - border)) <= 2, extent
+    for first, last in ((rows[0], rows[-1]), (cols[0], cols[-1])):  # centred on both axes
+        assert abs((first + last).item() / 2 - (size - 1) / 2) <= 1.5, (first, last)
+    # RGB inputs have no alpha to recentre by: the default path.
+    assert torch.equal(preprocess_image(EXAMPLES / "openlrm_owl.png", 32, recenter=True),
+                       preprocess_image(EXAMPLES / "openlrm_owl.png", 32))
+
+
+def test_package_layout_keeps_the_old_import_paths():
+    import fastfields.models._pretrained as pretrained
+    import fastfields.models.lrm as lrm
+    import fastfields.models.vit as vit
+    from fastfields.models.lrm import encoder
+
+    assert lrm.CheckpointError is pretrained.CheckpointError
+    assert lrm.state_dict_problems is pretrained.state_dict_problems
+    assert vit.DINOv2 is encoder.DINOv2 and vit.HFViT is encoder.HFViT
+    assert issubclass(LRM, pretrained.PretrainedModel) and issubclass(LRMConfig, pretrained.ModelConfig)
+    assert LRM.presets is PRESETS and LRM.config_class is LRMConfig
+    for name in lrm.__all__:
+        assert hasattr(lrm, name), name
+    # The config follows the convention: JSON round trip, validated replace.
+    config = PRESETS["tiny"]
+    assert LRMConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="triplane_high_res"):
+        config.replace(triplane_high_res=17)
+    with pytest.raises(ValueError, match="unknown fields"):
+        LRMConfig.from_dict({"widht": 3})
+    assert LRM.from_preset("tiny", overrides={"render_size": 8}).config.render_size == 8
+
+
+def test_our_format_file_and_folder(tmp_path):
+    """save_pretrained: '*.safetensors' -> one file with the config in its metadata; else an
+    OpenLRM folder (config.json = ModelLRM kwargs) with our config beside it. Both load strictly;
+    the convention's own folder layout and older flat fastfields_config.json files load too."""
+    from fastfields.models._pretrained import PretrainedModel, read_safetensors
+
+    model = tiny(seed=1)
+    image = torch.rand(1, 3, 56, 56)
+    with torch.no_grad():
+        expected = model.forward_planes(image)
+    file = model.save_pretrained(tmp_path / "tiny.safetensors")
+    _, metadata = read_safetensors(file)
+    assert metadata["fastfields.model"] == "LRM" and json.loads(metadata["fastfields.config"]) == model.config.to_dict()
+    folder = model.save_pretrained(tmp_path / "folder")
+    assert json.loads((folder / "config.json").read_text()) == model.config.to_openlrm_kwargs()
+    assert json.loads((folder / "fastfields_config.json").read_text()) == {"model": "LRM", "config": model.config.to_dict()}
+    convention = PretrainedModel.save_pretrained(model, tmp_path / "convention")
+    legacy = save_pretrained(model, tmp_path / "legacy")
+    (legacy / "fastfields_config.json").write_text(json.dumps(model.config.to_dict()))
+    for path in (file, folder, folder / "model.safetensors", convention, legacy):
+        loaded = LRM.from_pretrained(path, backend="torch").eval()
+        assert loaded.config == model.config, path
+        with torch.no_grad():
+            assert torch.equal(loaded.forward_planes(image), expected), path
+    assert LRM.from_pretrained(file, render_size=8).config.render_size == 8
+    assert LRM.from_pretrained(file, overrides={"render_size": 12}).config.render_size == 12
+    assert LRM.from_pretrained(file, dtype=torch.float64).pos_embed.dtype == torch.float64
+    state, config = LRM.read_pretrained(file)
+    assert config == model.config.to_dict() and set(state) == set(model.state_dict())
+
+
+def test_our_format_strict_errors(tmp_path):
+    from fastfields.models._pretrained import write_safetensors
+
+    model = tiny()
+    state = dict(model.state_dict())
+    del state["upsampler.bias"]
+    state["pos_embed"] = torch.zeros(1, 3, 32)
+    state["extra.weight"] = torch.zeros(2)
+    meta = {"fastfields.model": "LRM", "fastfields.config": json.dumps(model.config.to_dict())}
+    write_safetensors(tmp_path / "bad.safetensors", state, meta)
+    with pytest.raises(CheckpointError) as error:
+        LRM.from_pretrained(tmp_path / "bad.safetensors")
+    message = str(error.value)
+    assert "fastfields file, read as preset 'tiny'" in message
+    assert "missing keys (1): upsampler.bias" in message and "unexpected keys (1): extra.weight" in message
+    assert "shape mismatch for pos_embed: checkpoint [1, 3, 32], model [1, 192, 32]" in message
+    write_safetensors(tmp_path / "zerorf.safetensors", model.state_dict(), {**meta, "fastfields.model": "ZeroRF"})
+    with pytest.raises(CheckpointError, match="holds a ZeroRF, not an LRM"):
+        LRM.from_pretrained(tmp_path / "zerorf.safetensors")
+    write_safetensors(tmp_path / "badconf.safetensors", model.state_dict(),
+                      {**meta, "fastfields.config": json.dumps({**model.config.to_dict(), "colour": 1})})
+    with pytest.raises(CheckpointError, match="unknown fields \\['colour'\\]"):
+        LRM.from_pretrained(tmp_path / "badconf.safetensors")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        LRM.from_pretrained(tmp_path / "junk.pth", preset="tiny")
+
+
+def test_inputs_accept_numpy():
+    model = tiny()
+    image = np.random.RandomState(0).rand(1, 3, 56, 56)  # float64, as numpy makes it
+    c2w, intrinsics = model.turntable(2)
+    with torch.no_grad():
+        planes = model.forward_planes(torch.from_numpy(image).float())
+        torch.testing.assert_close(model.forward_planes(image), planes)
+        reference = model.render(planes, c2w, intrinsics, 6, 6)
+        from_numpy = model.render(planes.numpy(), c2w.numpy(), intrinsics.numpy().astype(np.float64), 6, 6)
+        for a, b in zip(reference, from_numpy):
+            torch.testing.assert_close(a, b)
+        xyz = np.random.RandomState(1).rand(1, 7, 3) * 2 - 1
+        sigma, rgb = model.query_points(planes, xyz)
+        torch.testing.assert_close(sigma, model.query_points(planes, torch.from_numpy(xyz).float())[0])
+        camera = model.source_camera(1).numpy()
+        torch.testing.assert_close(model.forward_planes(image, camera), planes)
+    c2w_np, intrinsics_np = canonical_camera()[0].numpy(), np.array([[0.75, 0.75, 0.5, 0.5]])
+    torch.testing.assert_close(camera_feature(c2w_np, intrinsics_np), model.source_camera(1))
+    torch.testing.assert_close(normalize_cameras(c2w.numpy(), source=1), normalize_cameras(c2w, source=1))
+    with pytest.raises(TypeError, match="forward_planes: image: expected floats in \\[0, 1\\], got torch.uint8"):
+        model.forward_planes(np.zeros((1, 3, 56, 56), np.uint8))
+    with pytest.raises(TypeError, match="camera_feature: c2w: expected a torch.Tensor or numpy array"):
+        camera_feature("c2w.txt", intrinsics_np)
+
+
+def test_cli_recenter_flag(tmp_path):
+    from PIL import Image
+
+    from fastfields.apps import lrm
+
+    base = ["lrm", str(EXAMPLES / "triposr_chair.png"), "--random-init", "--preset", "tiny", "--views", "0",
+            "--mesh-resolution", "0", "--backend", "torch", "--no-progress"]
+    for flags, recenter in (([], False), (["--recenter", "--border-ratio", "0.3"], True)):
+        out = tmp_path / str(recenter)
+        assert cli(lrm, base + ["--out", str(out)] + flags) == 0
+        saved = np.asarray(Image.open(out / "triposr_chair" / "input.png").convert("RGB")).astype(np.float32) / 255
+        expected = preprocess_image(EXAMPLES / "triposr_chair.png", 56, 0.3, recenter=recenter).permute(1, 2, 0).numpy()
+        assert np.abs(saved - expected).max() <= 1 / 255 + 1e-6, (recenter, np.abs(saved - expected).max())

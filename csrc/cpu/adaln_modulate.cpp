@@ -63,6 +63,27 @@ inline A row_squared_deviation(const T* __restrict__ x, A mean, int64_t D) {
   return s;
 }
 
+// 1/std of a row. The squared deviations of float32 values beyond ~1e19 overflow (their sum is
+// inf, so 1/std would be 0 and every output the bias): then the deviations are scaled by a power
+// of two near their largest magnitude (exact), summed, and the scale applied to the root.
+template <typename T, typename A>
+inline A row_rstd(const T* __restrict__ x, A mean, int64_t D, A eps) {
+  const A squares = row_squared_deviation<T, A>(x, mean, D);
+  if (std::isfinite(squares) || !std::isfinite(mean)) return A(1) / std::sqrt(squares / A(D) + eps);
+  A largest = A(0);
+  for (int64_t d = 0; d < D; ++d) largest = std::max(largest, std::abs(ff_load<A>(x[d]) - mean));
+  if (!std::isfinite(largest)) return A(1) / std::sqrt(squares / A(D) + eps);  // inf or NaN in x: as unscaled
+  int exponent = 0;
+  std::frexp(largest, &exponent);
+  const A inv_p = std::ldexp(A(1), -exponent), p = std::ldexp(A(1), exponent);
+  A scaled = A(0);
+  for (int64_t d = 0; d < D; ++d) {
+    const A c = (ff_load<A>(x[d]) - mean) * inv_p;
+    scaled += c * c;
+  }
+  return A(1) / (p * std::sqrt(scaled / A(D) + eps * inv_p * inv_p));
+}
+
 template <typename A>
 inline A dot(const A* __restrict__ a, const A* __restrict__ b, int64_t D) {
   A part[kLanes] = {};
@@ -98,7 +119,7 @@ void fwd_rows(const T* x, const A* alpha, const A* beta, const T* residual, T* o
     const A* __restrict__ be = beta + (row / L) * D;
     T* __restrict__ o = out + row * D;
     const A mean = row_sum<T, A>(xr, D) / A(D);
-    const A rstd = A(1) / std::sqrt(row_squared_deviation<T, A>(xr, mean, D) / A(D) + eps);
+    const A rstd = row_rstd<T, A>(xr, mean, D, eps);
     if (residual != nullptr) {
       const T* __restrict__ r = residual + row * D;
       for (int64_t d = 0; d < D; ++d) {
@@ -106,6 +127,33 @@ void fwd_rows(const T* x, const A* alpha, const A* beta, const T* residual, T* o
       }
     } else {
       for (int64_t d = 0; d < D; ++d) o[d] = ff_store<T>((ff_load<A>(xr[d]) - mean) * rstd * al[d] + be[d]);
+    }
+    mean_out[row] = mean;
+    rstd_out[row] = rstd;
+  }
+}
+
+// The same rows without folding the modulation into alpha/beta: used when a shift, scale,
+// gate, weight or bias is +-inf or NaN, where folding would make inf - inf = NaN out of what
+// the reference computes as +-inf (e.g. gate * (xhat * (1 + scale) + shift) with an inf gate).
+template <typename T, typename A>
+void fwd_rows_unfolded(const T* x, const A* one_plus_scale, const A* shift, const A* weight, const A* bias,
+                       const A* gate, const T* residual, T* out, A* mean_out, A* rstd_out, int64_t L, int64_t D,
+                       A eps, int64_t begin, int64_t end) {
+  for (int64_t row = begin; row < end; ++row) {
+    const T* __restrict__ xr = x + row * D;
+    const int64_t m = (row / L) * D;
+    T* __restrict__ o = out + row * D;
+    const A mean = row_sum<T, A>(xr, D) / A(D);
+    const A rstd = row_rstd<T, A>(xr, mean, D, eps);
+    for (int64_t d = 0; d < D; ++d) {
+      A y = (ff_load<A>(xr[d]) - mean) * rstd;
+      if (weight != nullptr) y = y * weight[d];
+      if (bias != nullptr) y = y + bias[d];
+      y = y * one_plus_scale[m + d] + shift[m + d];
+      if (gate != nullptr) y = gate[m + d] * y;
+      if (residual != nullptr) y = ff_load<A>(residual[row * D + d]) + y;
+      o[d] = ff_store<T>(y);
     }
     mean_out[row] = mean;
     rstd_out[row] = rstd;
@@ -176,18 +224,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate_fwd_cpu(
   const at::Tensor x = x_in.contiguous();
   const int64_t B = x.size(0), L = x.size(1), D = x.size(2);
   TORCH_CHECK(D > 0, "adaln_modulate: x must have D >= 1, got ", x.sizes());
-  at::Tensor one_plus_scale = param(scale, x, true, "scale") + 1;
+  const at::Tensor one_plus_scale = (param(scale, x, true, "scale") + 1).contiguous();
+  const at::Tensor shift_a = param(shift, x, true, "shift").contiguous();
+  const at::Tensor weight_a = weight.has_value() ? param(*weight, x, false, "weight").contiguous() : at::Tensor();
+  const at::Tensor bias_a = bias.has_value() ? param(*bias, x, false, "bias").contiguous() : at::Tensor();
+  const at::Tensor gate_a = gate.has_value() ? param(*gate, x, true, "gate").contiguous() : at::Tensor();
   at::Tensor alpha = one_plus_scale;
-  at::Tensor beta = param(shift, x, true, "shift");
-  if (weight.has_value()) alpha = alpha * param(*weight, x, false, "weight");
-  if (bias.has_value()) beta = beta + one_plus_scale * param(*bias, x, false, "bias");
-  if (gate.has_value()) {
-    const at::Tensor g = param(*gate, x, true, "gate");
-    alpha = alpha * g;
-    beta = beta * g;
+  at::Tensor beta = shift_a;
+  if (weight_a.defined()) alpha = alpha * weight_a;
+  if (bias_a.defined()) beta = beta + one_plus_scale * bias_a;
+  if (gate_a.defined()) {
+    alpha = alpha * gate_a;
+    beta = beta * gate_a;
   }
   alpha = alpha.contiguous();
   beta = beta.contiguous();
+  // O(B * D): finite folded factors mean every modulation input was finite.
+  const bool folded = at::isfinite(alpha).all().item<bool>() && at::isfinite(beta).all().item<bool>();
   at::Tensor residual;
   if (residual_in.has_value()) {
     TORCH_CHECK(residual_in->sizes() == x.sizes() && residual_in->scalar_type() == x.scalar_type(),
@@ -212,9 +265,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate_fwd_cpu(
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     A* mp = mean.mutable_data_ptr<A>();
     A* sp = rstd.mutable_data_ptr<A>();
-    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-      fwd_rows<scalar_t, A>(xp, al, be, rp, op, mp, sp, L, D, static_cast<A>(eps), begin, end);
-    });
+    if (folded) {
+      at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+        fwd_rows<scalar_t, A>(xp, al, be, rp, op, mp, sp, L, D, static_cast<A>(eps), begin, end);
+      });
+    } else {
+      const A* ops = one_plus_scale.const_data_ptr<A>();
+      const A* sh = shift_a.const_data_ptr<A>();
+      const A* w = weight_a.defined() ? weight_a.const_data_ptr<A>() : nullptr;
+      const A* bi = bias_a.defined() ? bias_a.const_data_ptr<A>() : nullptr;
+      const A* g = gate_a.defined() ? gate_a.const_data_ptr<A>() : nullptr;
+      at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+        fwd_rows_unfolded<scalar_t, A>(xp, ops, sh, w, bi, g, rp, op, mp, sp, L, D, static_cast<A>(eps), begin, end);
+      });
+    }
   });
   return std::make_tuple(out, mean, rstd);
 }

@@ -4,7 +4,7 @@
 
 import importlib
 
-APPS = ("lrm", "lrm_train", "zerorf")
+APPS = ("dataset", "lrm", "lrm_train", "zerorf")
 
 
 def register(commands) -> None:

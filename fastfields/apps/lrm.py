@@ -17,7 +17,12 @@ import sys
 import time
 from pathlib import Path
 
+from ._common import (CLIError, check_choices, check_float, check_image, check_input_file, check_int, check_json_files,
+                      check_out_dir, check_safetensors_floats, load_error, require, resolve_device, run_job, warn_nonfinite_images,
+                      warn_nonfinite_parameters)
+
 PRESET_NAMES = ("openlrm-small", "openlrm-base", "openlrm-large", "paper", "tiny")
+BACKENDS = ("auto", "torch", "triton", "cuda", "cpu")
 MESH_FORMATS = ("ply", "obj", "glb")
 
 
@@ -32,7 +37,8 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="input image(s): RGBA (recentred by alpha) or RGB on white")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="input image(s): RGBA (composited on white) or RGB on white, object centred (see --recenter)")
     parser.add_argument("--checkpoint", help="OpenLRM checkpoint: v1.1 folder (model.safetensors + config.json) or v1.0 model.pth")
     parser.add_argument("--random-init", action="store_true", help="run without weights (random model: the output is meaningless)")
     parser.add_argument("--preset", choices=PRESET_NAMES, default=None,
@@ -43,7 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mesh-resolution", type=int, default=None, help="marching-cubes grid side (default: the model's, 384; 0: no mesh)")
     parser.add_argument("--mesh-threshold", type=float, default=None, help="density iso-level (default: the model's, 3.0)")
     parser.add_argument("--mesh-format", choices=MESH_FORMATS, default="ply")
-    parser.add_argument("--border-ratio", type=float, default=0.2, help="margin around the recentred object")
+    parser.add_argument("--recenter", action="store_true",
+                        help="crop RGBA inputs to their alpha's bounding box and centre them with a --border-ratio margin "
+                             "(OpenLRM's Preprocessor, TripoSR); default: OpenLRM's inference preprocessing as it is "
+                             "(composite on white, bicubic resize)")
+    parser.add_argument("--border-ratio", type=float, default=0.2, help="margin around the object with --recenter")
     parser.add_argument("--fps", type=int, default=24)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--backend", default="auto", help="auto (fused kernels) or torch (unfused reference), triton, cpu, cuda")
@@ -91,8 +101,15 @@ def _load_model(args, device):
 
     if args.checkpoint:
         if args.random_init:
-            raise SystemExit("fastfields lrm: give --checkpoint or --random-init, not both")
-        model = LRM.from_pretrained(args.checkpoint, preset=args.preset, backend=args.backend, device=device)
+            raise CLIError("give --checkpoint or --random-init, not both")
+        folder = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
+        check_json_files("--checkpoint", folder, ("config.json", "fastfields_config.json"))
+        check_safetensors_floats("--checkpoint", args.checkpoint)
+        try:
+            model = LRM.from_pretrained(args.checkpoint, preset=args.preset, backend=args.backend, device=device)
+        except Exception as error:  # corrupt / truncated files, bad config values, integer weights, wrong shapes
+            raise load_error("--checkpoint", args.checkpoint, error, "an OpenLRM checkpoint (a v1.1 folder with "
+                             "model.safetensors + config.json, or a v1.0 model.pth)") from None
         return model, f"checkpoint {args.checkpoint}"
     torch.manual_seed(args.seed)
     preset = args.preset or "openlrm-small"
@@ -107,15 +124,20 @@ def run(args) -> int:
               "config.json, or a v1.0 model.pth; nothing is downloaded), or --random-init to run a random model "
               "(its output is meaningless).", file=sys.stderr)
         return 2
-    for name in ("views", "render_size", "mesh_resolution"):
-        value = getattr(args, name)
-        if value is not None and value < 0:
-            print(f"fastfields lrm: --{name.replace('_', '-')} must be >= 0, got {value}", file=sys.stderr)
-            return 2
-    missing = [path for path in args.images if not Path(path).is_file()]
-    if missing:
-        print(f"fastfields lrm: no such image(s): {', '.join(missing)}", file=sys.stderr)
-        return 2
+    check_int("--views", args.views, minimum=0)
+    check_int("--render-size", args.render_size, minimum=1)
+    check_int("--mesh-resolution", args.mesh_resolution, minimum=2, allow_zero=True, zero_means="no mesh")
+    check_int("--fps", args.fps, minimum=1)
+    check_float("--mesh-threshold", args.mesh_threshold)
+    check_float("--border-ratio", args.border_ratio, minimum=0.0)
+    check_choices("--backend", [args.backend], BACKENDS)
+    if args.checkpoint:
+        check_input_file("--checkpoint", args.checkpoint)
+    for module in ("tqdm", "imageio", "mcubes", "trimesh"):
+        require(module, purpose="fastfields lrm")
+    for path in args.images:
+        check_image("IMAGE", path)
+    check_out_dir(args.out)
 
     import torch
     from tqdm.auto import tqdm
@@ -123,11 +145,12 @@ def run(args) -> int:
     from fastfields import export
     from fastfields.models.lrm import preprocess_image
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     watch = Stopwatch(device)
     with watch("load model"):
         model, source = _load_model(args, device)
         model.eval()
+    warn_nonfinite_parameters("fastfields lrm", model, source)
     config = model.config
     if args.random_init:
         print("fastfields lrm: WARNING: random weights: the views and the mesh are meaningless (a plumbing check).")
@@ -146,7 +169,8 @@ def run(args) -> int:
         watch.times = {k: v for k, v in watch.times.items() if k == "load model"}
         with torch.no_grad():
             with watch("preprocess"):
-                image = preprocess_image(image_path, config.image_size, args.border_ratio)[None].to(device)
+                image = preprocess_image(image_path, config.image_size, args.border_ratio, recenter=args.recenter,
+                                         device=device)[None]
             export.save_image(out / "input.png", image[0].permute(1, 2, 0))
             with watch("encode image"):
                 tokens = model.encode_image(image)
@@ -165,6 +189,7 @@ def run(args) -> int:
                     for k in bar:
                         rgb, _, _ = model.render(planes, c2w[k : k + 1], intrinsics[k : k + 1], render_size, render_size)
                         frames.append(rgb[0, 0].cpu())
+                warn_nonfinite_images("fastfields lrm", frames, "rendered views")
                 for k, frame in enumerate(frames):
                     export.save_image(out / f"view_{k:03d}.png", frame)
                 export.save_video(out / "turntable.gif", frames, fps=args.fps)
@@ -188,7 +213,7 @@ def run(args) -> int:
                           f"{sigma.max().item():.3g}] at random points); no mesh written")
         print(f"{image_path} -> {out}")
         print(watch.table())
-        (out / "timings.json").write_text(json.dumps({
+        export.write_text(out / "timings.json", json.dumps({
             "device": str(device), "backend": args.backend, "fused_renderer": fused, "source": source,
             "render_size": render_size, "views": args.views, "mesh_resolution": mesh_resolution,
             "seconds": watch.times,
@@ -200,7 +225,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastfields.apps.lrm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_job("fastfields lrm", run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

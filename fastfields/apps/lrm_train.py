@@ -25,6 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ._common import check_float, check_input_file, check_int, check_out_dir, resolve_device, run_job
 from .lrm import PRESET_NAMES
 
 
@@ -65,9 +66,8 @@ def _load_scene(path: str):
 def sample_batch(scenes, config, n_views: int, scene_scale: float, render_size, generator):
     """One training example: input image, its canonical camera and ``1 + n_views`` targets."""
     import torch
-    import torch.nn.functional as F
 
-    from fastfields.models.lrm import camera_feature, normalize_cameras
+    from fastfields.models.lrm import camera_feature, normalize_cameras, resize_source_image
 
     scene = scenes[int(torch.randint(len(scenes), (1,), generator=generator))]
     if len(scene) < 1 + n_views:
@@ -81,15 +81,15 @@ def sample_batch(scenes, config, n_views: int, scene_scale: float, render_size, 
     # The focal length is a fraction of the image size, so it survives the resize.
     intrinsics = torch.tensor([[scene.focal / W, scene.focal / H, 0.5, 0.5]]).expand(len(index), 4)
     size = render_size or H
-    targets = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    source = F.interpolate(images[:1], size=(config.image_size,) * 2, mode="bicubic", antialias=True,
-                           align_corners=False).clamp(0, 1)
+    # OpenLRM's dataset resizes the source and the target views alike: bicubic, align_corners=True, clamp.
+    targets = resize_source_image(images, size)
+    source = resize_source_image(images[:1], config.image_size)
     return {
         "image": source,
         "source_camera": camera_feature(c2w[:1], intrinsics[:1], config.camera_feature),
         "c2w": c2w[None],
         "intrinsics": intrinsics[None],
-        "target": targets.clamp(0, 1).permute(0, 2, 3, 1)[None],
+        "target": targets.permute(0, 2, 3, 1)[None],
         "background": float(scene.background.mean()) if scene.background is not None else 1.0,
     }
 
@@ -98,18 +98,28 @@ def run(args) -> int:
     import torch
     import torch.distributed as dist
 
-    if args.steps < 1 or args.views < 1 or args.rays < 1:
-        print("fastfields lrm-train: --steps, --views and --rays must be >= 1", file=sys.stderr)
-        return 2
+    for flag in ("--steps", "--views", "--rays", "--log-every"):
+        check_int(flag, getattr(args, flag[2:].replace("-", "_")), minimum=1)
+    check_int("--render-size", args.render_size, minimum=1)
+    for flag in ("--scene-scale", "--lr"):
+        check_float(flag, getattr(args, flag[2:].replace("-", "_")), positive=True)
+    check_float("--weight-decay", args.weight_decay, minimum=0.0)
+    check_float("--grad-clip", args.grad_clip)
+    for path in args.data:
+        check_input_file("--data", path)
+    if args.init:
+        check_input_file("--init", args.init)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 or "RANK" in os.environ
     rank, world, local_rank = 0, 1, 0
     if distributed:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if args.device:
-        device = torch.device(args.device)
+        device = resolve_device(args.device)
     else:
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if rank == 0:
+        check_out_dir(Path(args.out).parent if Path(args.out).suffix == ".safetensors" else args.out)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if distributed:
@@ -177,7 +187,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastfields.apps.lrm_train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_job("fastfields lrm-train", run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ density, vertex colours seen from outside) and ``model.pt`` (``ZeroRF.load`` rea
 
 from __future__ import annotations
 
+from ._common import (CLIError, check_float, check_input_file, check_int, check_out_dir, load_error, require,
+                      resolve_device, set_threads, warn_nonfinite_images)
+
 BACKENDS = ("auto", "torch", "triton", "cuda", "cpu")
 
 
@@ -47,16 +50,18 @@ def add_parser(commands) -> None:
 
 
 def load_scene(args):
-    from pathlib import Path
-
     from ..data import load_blender, load_npz, shipped_data
 
     if args.data is None:
         return load_npz(shipped_data(f"mic/mic_train_{args.res}.npz")), f"shipped mic {args.res}^2"
-    path = Path(args.data)
-    if path.is_dir():
-        return load_blender(path, "train", downscale=args.downscale), str(path)
-    return load_npz(path), str(path)
+    path = check_input_file("--data", args.data)
+    try:
+        if path.is_dir():
+            return load_blender(path, "train", downscale=args.downscale), str(path)
+        return load_npz(path), str(path)
+    except Exception as error:  # random bytes, a truncated npz, a folder without transforms_train.json, ...
+        raise load_error("--data", path, error, "a scene (an npz in the shipped layout or a Blender folder with "
+                         "transforms_train.json)") from None
 
 
 def turntable_cameras(c2w, n: int):
@@ -100,7 +105,6 @@ def export_mesh(model, path, resolution: int, threshold: float, backend: str):
 def run(args) -> int:
     import json
     import time
-    from pathlib import Path
 
     import torch
 
@@ -108,9 +112,19 @@ def run(args) -> int:
     from ..data import farthest_views, select_views
     from ..metrics import psnr, ssim
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_int("--downscale", args.downscale, minimum=1)
+    check_int("--views", args.views, minimum=1)
+    check_int("--iters", args.iters, minimum=1)
+    check_int("--eval-views", args.eval_views, minimum=0)
+    check_int("--renders", args.renders, minimum=0)
+    check_int("--turntable", args.turntable, minimum=0)
+    check_int("--mesh-res", args.mesh_res, minimum=2, allow_zero=True, zero_means="no mesh")
+    check_float("--mesh-threshold", args.mesh_threshold)
+    check_float("--bound", args.bound, positive=True)
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    for module in ("tqdm", "imageio") + (("mcubes", "trimesh") if args.mesh_res > 0 else ()):
+        require(module, purpose="fastfields zerorf")
     if args.model == "zerorf":
         from ..models.zerorf import ZeroRF as Model
     else:
@@ -118,12 +132,11 @@ def run(args) -> int:
     preset = args.config or ("paper" if device.type == "cuda" else "cpu")
     overrides = {} if args.bound is None else {"bound": args.bound}
     config = Model(preset, **overrides).config  # validates the preset before any work
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out_dir(args.out)
 
     scene, source = load_scene(args)
     if not 1 <= args.views < len(scene):
-        raise SystemExit(f"fastfields zerorf: --views must be in [1, {len(scene) - 1}] for {len(scene)} views, got {args.views}")
+        raise CLIError(f"--views must be in [1, {len(scene) - 1}] for {len(scene)} views, got {args.views}")
     chosen = farthest_views(scene.c2w, args.views) if args.select == "spread" else select_views(args.views, len(scene))
     inputs, held_out = scene.subset(chosen), scene.complement(chosen)
     if args.eval_views > 0:
@@ -149,18 +162,28 @@ def run(args) -> int:
     print(f"held-out PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} "
           f"(input views PSNR {metrics['psnr_inputs']:.2f}); fit {fit_s:.1f} s", flush=True)
 
+    warn_nonfinite_images("fastfields zerorf", predictions, "held-out renders")
+    written = []
     for k in select_views(min(args.renders, len(held_out)), len(held_out)) if args.renders > 0 else []:
         side_by_side = torch.cat([predictions[k], held_out.images[k]], dim=1)
         export.save_image(out / "renders" / f"view_{held_out.names[k]}.png", side_by_side)
+        written += [] if "renders/" in written else ["renders/"]
     if args.turntable > 0:
         frames = model.render(turntable_cameras(scene.c2w, args.turntable), scene.height, scene.width, scene.focal,
                               backend=args.backend)
         metrics["turntable"] = str(export.save_video(out / "turntable.gif", frames, fps=12))
+        written.append("turntable.gif")
     if args.mesh_res > 0:
         path, n_faces = export_mesh(model, out / "mesh.ply", args.mesh_res, args.mesh_threshold, args.backend)
         metrics["mesh"] = None if path is None else str(path)
         metrics["mesh_faces"] = n_faces
-    metrics["checkpoint"] = str(model.save(out / "model.pt"))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"wrote {out}/ (metrics.json, renders/, turntable.gif, mesh.ply, model.pt)", flush=True)
+        if path is None:
+            print(f"mesh: empty at --mesh-threshold {args.mesh_threshold}; no mesh written", flush=True)
+        else:
+            written.append("mesh.ply")
+    with export.atomic_path(out / "model.pt") as tmp:
+        model.save(tmp)
+    metrics["checkpoint"] = str(out / "model.pt")
+    export.write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    print(f"wrote {out}/ ({', '.join(written + ['model.pt', 'metrics.json'])})", flush=True)
     return 0

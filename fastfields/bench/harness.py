@@ -256,6 +256,8 @@ def markdown_table(rows: List[Dict[str, object]]) -> str:
 
 def write_report(rows: List[Dict[str, object]], out_dir: Path, device: torch.device, full: bool) -> List[Path]:
     """Write ``<device>.json``, ``<device>.md`` and (with matplotlib) ``<device>.png``."""
+    from ..export import write_text  # atomic: an interrupted run never leaves half a report
+
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / device_slug(device)
     meta = {
@@ -268,7 +270,7 @@ def write_report(rows: List[Dict[str, object]], out_dir: Path, device: torch.dev
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     written = [stem.with_suffix(".json"), stem.with_suffix(".md")]
-    written[0].write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_text(written[0], json.dumps({"meta": meta, "rows": rows}, indent=2))
     header = (
         f"# fastfields benchmark: {meta['device']}\n\n"
         f"torch {meta['torch']}, CUDA {meta['cuda']}, {meta['threads']} CPU threads, {meta['mode']} mode, {meta['date']}.\n"
@@ -277,7 +279,7 @@ def write_report(rows: List[Dict[str, object]], out_dir: Path, device: torch.dev
         "memory saved is '-' where the fused call's peak is under 1 MB, below what the CPU "
         "measurement resolves).\n\n"
     )
-    written[1].write_text(header + markdown_table(rows) + "\n")
+    write_text(written[1], header + markdown_table(rows) + "\n")
     plot = _plot(rows, stem.with_suffix(".png"), meta["device"])
     return written + ([plot] if plot else [])
 

@@ -13,7 +13,6 @@ FlashAttention-2 / cuDNN kernels on GPUs, and the Triton kernel stays opt-in
 
 from __future__ import annotations
 
-import numbers
 import os
 from typing import Optional
 
@@ -21,7 +20,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .. import _backend
-from .._checks import check_same_device, check_tensor
+from .._checks import check_finite_float, check_same_device, check_tensor
 from .._op import OpSpec, define, reference_grads
 from ..reference.attention import attention_reference
 
@@ -48,8 +47,7 @@ def _check(q, k, v, scale) -> None:
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"{OP}: q, k and v must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
     check_same_device(OP, [("q", q), ("k", k), ("v", v)])
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
-        raise TypeError(f"{OP}: scale must be a float or None, got {scale!r}")
+    check_finite_float(OP, "scale", scale, allow_none=True)
 
 
 def _resolve(backend: str, device: torch.device) -> str:

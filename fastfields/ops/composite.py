@@ -21,7 +21,7 @@ from typing import Optional, Tuple
 import torch
 
 from .._enums import DensityActivation, Geometry
-from .._checks import FLOAT_DTYPES, check_bool, check_choice, check_coords_dtype, check_same_device, check_tensor
+from .._checks import FLOAT_DTYPES, check_bool, check_choice, check_coords_dtype, check_not_meta, check_same_device, check_tensor
 from ..reference.composite import (
     ACTIVATIONS,
     EG3D_TRANSMITTANCE_EPS,
@@ -146,6 +146,7 @@ def _check_packed(sigmas, rgbs, t_starts, t_ends, ray_indices, n_rays, backgroun
     if isinstance(n_rays, bool) or not isinstance(n_rays, (int, torch.SymInt)) or n_rays < 0:
         raise ValueError(f"{OP_PACKED}: n_rays must be an int >= 0, got {n_rays!r}")
     check_same_device(OP_PACKED, [("sigmas", sigmas), ("rgbs", rgbs), ("t_starts", t_starts), ("t_ends", t_ends), ("ray_indices", ray_indices)])
+    check_not_meta(OP_PACKED, [("sigmas", sigmas), ("ray_indices", ray_indices)], "ray_indices are checked (sorted, in range) on the host")
     _check_background(OP_PACKED, background, rgbs, n_rays)
 
 

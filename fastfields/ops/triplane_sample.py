@@ -56,13 +56,15 @@ def output_shape(planes: torch.Tensor, xyz: torch.Tensor, reduce: str) -> List[i
     return {"none": [B, N, n_planes, C], "concat": [B, N, n_planes * C]}.get(reduce, [B, N, C])
 
 
-def _flat_axes(axes) -> List[int]:
+def _flat_axes(axes, op: str = OP) -> List[int]:
     try:
+        if isinstance(axes, str) or any(isinstance(pair, str) for pair in axes):
+            raise TypeError(axes)  # "xy": three pairs of ints, not letters
         pairs = [tuple(int(a) for a in pair) for pair in axes]
-    except TypeError:
+    except (TypeError, ValueError):
         pairs = []
     if len(pairs) != 3 or any(len(p) != 2 or not all(0 <= a <= 2 for a in p) for p in pairs):
-        raise ValueError(f"{OP}: axes must be three (u, v) pairs of xyz components in 0..2, e.g. EG3D_AXES, got {axes!r}")
+        raise ValueError(f"{op}: axes must be three (u, v) pairs of xyz components in 0..2, e.g. EG3D_AXES, got {axes!r}")
     return [a for pair in pairs for a in pair]
 
 

@@ -51,11 +51,19 @@ def compute_dtype(rgbs: torch.Tensor) -> torch.dtype:
     return torch.float64 if rgbs.dtype == torch.float64 else torch.float32
 
 
-def add_background(rgb: torch.Tensor, opacity: torch.Tensor, background: Background) -> torch.Tensor:
-    """``rgb + (1 - opacity) * background`` for a number or a background broadcasting to ``[R, C]``."""
+def add_background(rgb: torch.Tensor, opacity: torch.Tensor, background: Background, *, op: str = "composite") -> torch.Tensor:
+    """``rgb + (1 - opacity) * background`` for a number or a background broadcasting to rgb's
+    ``[..., R, C]``; any other shape raises a ValueError naming ``op``."""
     if background is None:
         return rgb
     if isinstance(background, torch.Tensor):
+        try:
+            fits = torch.broadcast_shapes(background.shape, rgb.shape) == rgb.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"{op}: background must be a number or a tensor that broadcasts to the colours "
+                             f"{list(rgb.shape)}, got shape {tuple(background.shape)}")
         background = background.to(rgb.dtype)
     return rgb + (1 - opacity).unsqueeze(-1) * background
 

@@ -113,7 +113,7 @@ def render_pass_reference(
         sigma = sigma.masked_fill((coords.abs() > 1).any(dim=-1), float("-inf"))
     rgb_out, depth, opacity, w = composite_reference(
         sigma.reshape(B * R, S),
-        rgb.reshape(B * R, S, -1),
+        rgb.reshape(B * R, S, rgb.shape[-1]),  # explicit sizes: R = 0 rays is fine
         None if deltas is None else deltas.reshape(B * R, S),
         t=t.reshape(B * R, S),
         mode=mode,
@@ -124,8 +124,8 @@ def render_pass_reference(
         t_threshold=t_threshold,
     )
     return (
-        rgb_out.reshape(B, R, -1),
+        rgb_out.reshape(B, R, rgb_out.shape[-1]),
         depth.reshape(B, R),
         opacity.reshape(B, R),
-        None if w is None else w.reshape(B, R, -1),
+        None if w is None else w.reshape(B, R, w.shape[-1]),
     )

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from .. import _backend
-from .._checks import check_bool, check_choice, check_same_device, check_tensor
+from .._checks import check_bool, check_choice, check_not_meta, check_same_device, check_tensor
 from ..ops.render_triplane import IMPLEMENTED, MODES, PADDINGS, REDUCES, FusedDecoder, RenderPassOptions, render_pass
 from ..ops.triplane_sample import EG3D_AXES, LRM_AXES, _flat_axes
 from ..reference.composite import ACTIVATIONS, add_background
@@ -78,6 +78,7 @@ def _check_inputs(planes, rays_o, rays_d, spec, decoder, reduce, mode, n_samples
     params = list(decoder.parameters()) if isinstance(decoder, nn.Module) else []
     check_same_device(OP, [("planes", planes), ("rays_o", rays_o), ("rays_d", rays_d)] +
                       [(f"decoder parameter {i}", p) for i, p in enumerate(params)])
+    check_not_meta(OP, [("planes", planes)], "the ray-box interval and the sample depths are computed from values")
     check_choice(OP, "mode", mode, MODES)
     _check_count("n_samples", n_samples, 2 if mode == "eg3d" else 1)
     _check_count("n_importance", n_importance, 0)
@@ -213,7 +214,7 @@ def render_triplane(
     density_bias = _check_number("density_bias", density_bias)
     distance_scale = _check_number("distance_scale", distance_scale, 0.0)
     t_threshold = _check_number("t_threshold", t_threshold, 0.0, 1.0)
-    flat_axes = _flat_axes(axes)
+    flat_axes = _flat_axes(axes, op=OP)
     if not callable(decoder):
         raise TypeError(f"{OP}: decoder must be a TriplaneDecoder or a callable module, got {type(decoder).__name__}")
     spec = fused_decoder(decoder)
@@ -233,6 +234,12 @@ def render_triplane(
         if reason is not None:
             warnings.warn(f"{OP}: running the unfused path: {reason}", RuntimeWarning, stacklevel=2)
             name = "torch"
+    if name == "torch" and params and params[0].is_floating_point():
+        # The unfused path runs the decoder on float32 features (float64 for float64 planes).
+        compute = torch.float64 if planes.dtype == torch.float64 else torch.float32
+        if params[0].dtype != compute:
+            raise TypeError(f"{OP}: the unfused path feeds the decoder {compute} features ({planes.dtype} planes) but "
+                            f"its parameters are {params[0].dtype}; use decoder.to({compute}) or planes of another dtype")
     if t_threshold > 0 and grad_on and (planes.requires_grad or any(p.requires_grad for p in params)):
         raise ValueError(f"{OP}: t_threshold > 0 is for inference; run it under torch.no_grad() or with t_threshold=0")
 
@@ -281,7 +288,7 @@ def render_triplane(
         t, _ = merge_samples(t, fine.to(t.dtype))
     rgb, depth, opacity, weights = run(t, deltas, return_weights, t_threshold)
     dtype = planes.dtype
-    rgb = add_background(rgb, opacity, background)
+    rgb = add_background(rgb, opacity, background, op=OP)
     return rgb.to(dtype), depth.to(dtype), opacity.to(dtype), None if weights is None else weights.to(dtype)
 
 
