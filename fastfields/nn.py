@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .ops.adaln_modulate import adaln_modulate
 from .ops.attention import attention
+from .ops.render_triplane import FusedDecoder
 from .reference.render_triplane import COLOR_ACTIVATIONS, color_activation
 
 
@@ -306,6 +307,15 @@ class TriplaneDecoder(nn.Module):
     @property
     def out_features(self) -> int:
         return self.linears[-1].out_features
+
+    def fused(self) -> FusedDecoder:
+        """This MLP as the fused renderer's kernels read it: the Linear weights ``[out, in]`` and
+        biases, first to last (the parameters themselves, so gradients reach them), and the
+        two activations. :func:`fastfields.render_triplane` calls it; the kernels then pack the
+        layers once per pass (:meth:`FusedDecoder.pack`)."""
+        linears = self.linears
+        return FusedDecoder([layer.weight for layer in linears], [layer.bias for layer in linears], self.activation,
+                            self.color_activation)
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}, color_activation={self.color_activation!r}"

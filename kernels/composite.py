@@ -22,11 +22,17 @@ import torch
 import triton
 import triton.language as tl
 
+from .._enums import DensityActivation, Geometry
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-GEOM_DELTAS = tl.constexpr(0)
-GEOM_INTERVALS = tl.constexpr(1)
-GEOM_MIDPOINTS = tl.constexpr(2)
+GEOM_DELTAS = tl.constexpr(int(Geometry.DELTAS))
+GEOM_INTERVALS = tl.constexpr(int(Geometry.INTERVALS))
+GEOM_MIDPOINTS = tl.constexpr(int(Geometry.MIDPOINTS))
+#: _activate / _activate_grad branch on the DensityActivation values written out (1 relu,
+#: 2 softplus, 3 exp, 4 trunc_exp); tests/test_enums.py holds them to the enum.
+ACTIVATION_BRANCHES = {1: DensityActivation.RELU, 2: DensityActivation.SOFTPLUS, 3: DensityActivation.EXP,
+                       4: DensityActivation.TRUNC_EXP}
 
 
 # --------------------------------------------------------------------------- helpers

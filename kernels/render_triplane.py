@@ -22,7 +22,7 @@ keep programs running side by side off each other's addresses, and the first lay
 Semantics: ``fastfields/reference/render_triplane.py`` (``render_pass_reference``) with
 the compositing of ``csrc/include/fastfields/composite.h``; the bilinear taps are
 ``F.grid_sample``'s (as ``_grid.py``). Integer codes are those of
-``fastfields/ops/render_triplane.py`` (REDUCE_CODES, MODE_CODES, ...).
+``fastfields/_enums.py`` (Reduce, RenderMode, HiddenActivation, ColorActivation, ...).
 
 Padding to tensor-core shapes: ``tl.dot`` needs every dimension >= 16, so the hidden
 width is padded to HD_P (a power of two >= 16), the outputs to O_P and the channels are
@@ -49,6 +49,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._enums import ColorActivation, HiddenActivation, Padding, Reduce, RenderMode
 from .composite import _activate, _activate_grad
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -59,10 +60,16 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 #: over 240 input features would not reliably.
 DOT_PRECISION = "ieee" if _INTERPRET else "tf32x3"
 
-REDUCE_CONCAT = tl.constexpr(0)
-REDUCE_MEAN = tl.constexpr(2)
-MODE_NERF = tl.constexpr(0)
-MODE_EG3D = tl.constexpr(1)
+# Option codes (fastfields/_enums.py) as the kernels read them.
+REDUCE_CONCAT = tl.constexpr(int(Reduce.CONCAT))
+REDUCE_MEAN = tl.constexpr(int(Reduce.MEAN))
+MODE_NERF = tl.constexpr(int(RenderMode.NERF))
+MODE_EG3D = tl.constexpr(int(RenderMode.EG3D))
+HID_RELU = tl.constexpr(int(HiddenActivation.RELU))
+HID_SILU = tl.constexpr(int(HiddenActivation.SILU))
+COL_SIGMOID_CLAMPED = tl.constexpr(int(ColorActivation.SIGMOID_CLAMPED))
+COL_SIGMOID = tl.constexpr(int(ColorActivation.SIGMOID))
+COL_NONE = tl.constexpr(int(ColorActivation.NONE))
 #: EG3D's MipRayMarcher2 transmittance eps (fastfields.reference.composite).
 EG3D_EPS = tl.constexpr(1e-10)
 #: OpenLRM / EG3D's clamped sigmoid: sigmoid(x) * (1 + 2 * SIGMOID_CLAMP) - SIGMOID_CLAMP.
@@ -75,9 +82,9 @@ SIGMOID_CLAMP = tl.constexpr(0.001)
 @triton.jit
 def _hidden_act(x, ACT: tl.constexpr):
     """Hidden activation: 0 relu, 1 silu, 2 softplus (beta 1, threshold 20, as torch)."""
-    if ACT == 0:
+    if ACT == HID_RELU:
         y = tl.where(x > 0.0, x, 0.0)
-    elif ACT == 1:
+    elif ACT == HID_SILU:
         y = x * (1.0 / (1.0 + tl.exp(-x)))
     else:
         # composite._log1p written out (a nested jit call costs the interpreter dearly).
@@ -89,9 +96,9 @@ def _hidden_act(x, ACT: tl.constexpr):
 
 @triton.jit
 def _hidden_act_grad(x, ACT: tl.constexpr):
-    if ACT == 0:
+    if ACT == HID_RELU:
         d = tl.where(x > 0.0, 1.0, 0.0)
-    elif ACT == 1:
+    elif ACT == HID_SILU:
         s = 1.0 / (1.0 + tl.exp(-x))
         d = s * (1.0 + x * (1.0 - s))
     else:
@@ -102,9 +109,9 @@ def _hidden_act_grad(x, ACT: tl.constexpr):
 @triton.jit
 def _color_act(x, COLOR: tl.constexpr):
     """Colour activation: 0 sigmoid_clamped, 1 sigmoid, 2 none."""
-    if COLOR == 0:
+    if COLOR == COL_SIGMOID_CLAMPED:
         y = (1.0 / (1.0 + tl.exp(-x))) * (1.0 + 2.0 * SIGMOID_CLAMP) - SIGMOID_CLAMP
-    elif COLOR == 1:
+    elif COLOR == COL_SIGMOID:
         y = 1.0 / (1.0 + tl.exp(-x))
     else:
         y = x
@@ -113,12 +120,12 @@ def _color_act(x, COLOR: tl.constexpr):
 
 @triton.jit
 def _color_act_grad(x, COLOR: tl.constexpr):
-    if COLOR == 2:
+    if COLOR == COL_NONE:
         d = tl.full(x.shape, 1.0, tl.float32)
     else:
         s = 1.0 / (1.0 + tl.exp(-x))
         d = s * (1.0 - s)
-        if COLOR == 0:
+        if COLOR == COL_SIGMOID_CLAMPED:
             d = d * (1.0 + 2.0 * SIGMOID_CLAMP)
     return d
 
@@ -852,7 +859,7 @@ def render_triplane_fwd(planes_cl, rays_o, rays_d, t, deltas, first_w, first_b, 
     ``[B, R, 3]``, t ``[B, R, S]``, deltas ``[B, R, S]`` (nerf) or None (eg3d), the decoder
     (first_w ``[Hd, F]``, first_b ``[Hd]``, hidden_w ``[L, Hd, Hd]``, hidden_b ``[L, Hd]``,
     last_w ``[O, Hd]``, last_b ``[O]``) and the option codes of
-    ``fastfields.ops.render_triplane._options``.
+    ``fastfields.ops.render_triplane._kernel_options`` (codes of :mod:`fastfields._enums`).
 
     Returns ``rgb [B, R, O - 1]``, ``depth [B, R]``, ``opacity [B, R]`` and the weights
     ``[B, R, S']`` (``S' = S`` nerf, ``S - 1`` eg3d) or an empty ``[0]``, all float32.
@@ -877,7 +884,7 @@ def render_triplane_fwd(planes_cl, rays_o, rays_d, t, deltas, first_w, first_b, 
         rgb, depth, opacity, weights if return_weights else rgb,
         R, S, H, W, L,
         float(scale), float(density_bias), float(distance_scale), float(t_threshold),
-        **_axes_kwargs(axes), REDUCE=int(reduce), ALIGN_CORNERS=bool(align_corners), BORDER=int(padding) == 1,
+        **_axes_kwargs(axes), REDUCE=int(reduce), ALIGN_CORNERS=bool(align_corners), BORDER=int(padding) == Padding.BORDER,
         ACT=int(activation), COLOR=int(color_act), MODE=int(mode), DENSITY=int(density_activation),
         MASK_OUTSIDE=bool(mask_outside), WEIGHTS=bool(return_weights), C=C, O=O, NCB=pk.ncb,
         BLOCK_C=pk.block_c, HD_P=pk.hd_p, O_P=pk.o_p, DOT=DOT_PRECISION,
@@ -925,7 +932,7 @@ def render_triplane_bwd(grad_rgb, grad_depth, grad_opacity, total, planes_cl, ra
             grad_planes, *ws,
             R, S, H, W, L, n_rep,
             float(scale), float(density_bias), float(distance_scale),
-            **_axes_kwargs(axes), REDUCE=int(reduce), ALIGN_CORNERS=bool(align_corners), BORDER=int(padding) == 1,
+            **_axes_kwargs(axes), REDUCE=int(reduce), ALIGN_CORNERS=bool(align_corners), BORDER=int(padding) == Padding.BORDER,
             ACT=int(activation), COLOR=int(color_act), MODE=int(mode), DENSITY=int(density_activation),
             MASK_OUTSIDE=bool(mask_outside), C=C, O=O, NCB=pk.ncb, BLOCK_C=pk.block_c, HD_P=pk.hd_p, O_P=pk.o_p,
             DOT=DOT_PRECISION, num_warps=4 if _INTERPRET else 8,

@@ -22,9 +22,14 @@ import torch
 import triton
 import triton.language as tl
 
+from .._enums import Padding, Reduce
 from ._grid import _add_to_axis, _bilinear_setup, _load_corners, _load_points, _pick_axis, _source_index
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# Reduce codes (fastfields/_enums.py) as the kernels read them.
+REDUCE_CONCAT = tl.constexpr(int(Reduce.CONCAT))
+REDUCE_SUM = tl.constexpr(int(Reduce.SUM))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -87,7 +92,7 @@ def _pair_forward(acc, out_ptr, plane_ptr, line_ptr, u, v, w, ok, offs_n, n_mask
         f = ((wx0 * wy0)[:, None] * v00 + (wx1 * wy0)[:, None] * v01
              + (wx0 * wy1)[:, None] * v10 + (wx1 * wy1)[:, None] * v11)
         product = f * (ww0[:, None] * a0 + ww1[:, None] * a1)
-        if REDUCE == "concat":
+        if REDUCE == REDUCE_CONCAT:
             out = out_ptr + (offs_n.to(tl.int64) * stride_on)[:, None] + (col0 + offs_r)[None, :] * stride_oc
             tl.store(out, product.to(out_ptr.dtype.element_ty), mask=n_mask[:, None] & r_mask[None, :])
         else:
@@ -126,7 +131,7 @@ def _vm_fwd_kernel(
                         _pick_axis(x, y, z, VEC2), ok, offs_n, n_mask, R0 + R1, R2, H2, W2, L2,
                         s2_pr, s2_ph, s2_pw, s2_lr, s2_ll, stride_on, stride_oc,
                         REDUCE, ALIGN_CORNERS, BORDER, ACC_DTYPE, BLOCK_R)
-    if REDUCE == "sum":
+    if REDUCE == REDUCE_SUM:
         tl.store(out_ptr + offs_n.to(tl.int64) * stride_on, acc.to(out_ptr.dtype.element_ty), mask=n_mask)
 
 
@@ -155,7 +160,7 @@ def _pair_backward(g_sum, grad_out_ptr, plane_ptr, line_ptr, grad_plane_ptr, gra
         r_mask = offs_r < R
         r_ok = r_mask[None, :]
         offs_r64 = offs_r.to(tl.int64)
-        if REDUCE == "concat":
+        if REDUCE == REDUCE_CONCAT:
             g_ptr = grad_out_ptr + (offs_n.to(tl.int64) * stride_gn)[:, None] + (col0 + offs_r)[None, :] * stride_gc
             g = tl.load(g_ptr, mask=n_mask[:, None] & r_ok, other=0.0).to(ACC_DTYPE)
         else:
@@ -217,7 +222,7 @@ def _vm_bwd_kernel(
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     x, y, z, ok = _load_points(xyz_ptr, 0, offs_n, n_mask, 0, stride_xn, stride_xd, ACC_DTYPE)
-    if REDUCE == "sum":
+    if REDUCE == REDUCE_SUM:
         g_sum = tl.load(grad_out_ptr + offs_n.to(tl.int64) * stride_gn, mask=n_mask, other=0.0).to(ACC_DTYPE)
     else:
         g_sum = tl.zeros_like(x)
@@ -289,16 +294,16 @@ def _block_r(planes: Sequence[torch.Tensor]) -> int:
     return min((8, 16, 32, 64), key=lambda b: (sum(triton.cdiv(r, b) * b for r in counts), -b))
 
 
-def tensorf_vm_sample_fwd(planes, lines, xyz, mat_mode, vec_mode, reduce: str, align_corners: bool,
-                          padding: str) -> torch.Tensor:
+def tensorf_vm_sample_fwd(planes, lines, xyz, mat_mode, vec_mode, reduce: int, align_corners: bool,
+                          padding: int) -> torch.Tensor:
     N = xyz.shape[0]
     total_r = sum(p.shape[0] for p in planes)
-    shape = (N, total_r) if reduce == "concat" else (N,)
+    shape = (N, total_r) if reduce == Reduce.CONCAT else (N,)
     out = torch.empty(shape, device=xyz.device, dtype=planes[0].dtype)
     if N == 0:
         return out
     _, acc_tl = _acc_dtype(planes)
-    stride_oc = out.stride(1) if reduce == "concat" else 0
+    stride_oc = out.stride(1) if reduce == Reduce.CONCAT else 0
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)
     _vm_fwd_kernel[grid](
         xyz, out, N,
@@ -307,14 +312,14 @@ def tensorf_vm_sample_fwd(planes, lines, xyz, mat_mode, vec_mode, reduce: str, a
         planes[2], lines[2], *_pair_args(planes[2], lines[2]),
         *xyz.stride(), out.stride(0), stride_oc,
         **_mode_kwargs(mat_mode, vec_mode),
-        REDUCE=reduce, ALIGN_CORNERS=bool(align_corners), BORDER=(padding == "border"), ACC_DTYPE=acc_tl,
+        REDUCE=int(reduce), ALIGN_CORNERS=bool(align_corners), BORDER=(padding == Padding.BORDER), ACC_DTYPE=acc_tl,
         BLOCK_R=_block_r(planes),
     )
     return out
 
 
-def tensorf_vm_sample_bwd(grad_out, planes, lines, xyz, mat_mode, vec_mode, reduce: str, align_corners: bool,
-                          padding: str, need_planes: bool, need_lines: bool,
+def tensorf_vm_sample_bwd(grad_out, planes, lines, xyz, mat_mode, vec_mode, reduce: int, align_corners: bool,
+                          padding: int, need_planes: bool, need_lines: bool,
                           need_xyz: bool) -> List[Optional[torch.Tensor]]:
     """Gradients (planes[0..2], lines[0..2], xyz); None where not needed."""
     N = xyz.shape[0]
@@ -332,7 +337,7 @@ def tensorf_vm_sample_bwd(grad_out, planes, lines, xyz, mat_mode, vec_mode, redu
         gps = grad_planes or planes
         gls = grad_lines or lines
         gx = grad_xyz if need_xyz else xyz
-        stride_gc = grad_out.stride(1) if reduce == "concat" else 0
+        stride_gc = grad_out.stride(1) if reduce == Reduce.CONCAT else 0
         pair_args = []
         for k in range(3):
             pair_args += [planes[k], lines[k], gps[k], gls[k], *_pair_args(planes[k], lines[k]),
@@ -343,7 +348,7 @@ def tensorf_vm_sample_bwd(grad_out, planes, lines, xyz, mat_mode, vec_mode, redu
             *pair_args,
             *xyz.stride(), grad_out.stride(0), stride_gc, *gx.stride(),
             **_mode_kwargs(mat_mode, vec_mode),
-            REDUCE=reduce, ALIGN_CORNERS=bool(align_corners), BORDER=(padding == "border"), ACC_DTYPE=acc_tl,
+            REDUCE=int(reduce), ALIGN_CORNERS=bool(align_corners), BORDER=(padding == Padding.BORDER), ACC_DTYPE=acc_tl,
             NEED_PLANES=bool(need_planes), NEED_LINES=bool(need_lines), NEED_XYZ=bool(need_xyz),
             BLOCK_R=_block_r(planes),
         )

@@ -21,9 +21,16 @@ import torch
 import triton
 import triton.language as tl
 
+from .._enums import Padding, Reduce
 from ._grid import _add_to_axis, _bilinear_setup, _load_corners, _load_points, _pick_axis
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# Reduce codes (fastfields/_enums.py) as the kernels read them.
+REDUCE_CONCAT = tl.constexpr(int(Reduce.CONCAT))
+REDUCE_SUM = tl.constexpr(int(Reduce.SUM))
+REDUCE_MEAN = tl.constexpr(int(Reduce.MEAN))
+REDUCE_NONE = tl.constexpr(int(Reduce.NONE))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -96,14 +103,14 @@ def _triplane_fwd_kernel(
     out = out_ptr + b * stride_ob + (offs_n.to(tl.int64) * stride_on)[:, None] + offs_c[None, :] * stride_oc
     mask = n_mask[:, None] & c_mask[None, :]
     dtype = out_ptr.dtype.element_ty
-    if REDUCE == "none" or REDUCE == "concat":
+    if REDUCE == REDUCE_NONE or REDUCE == REDUCE_CONCAT:
         # concat is "none" with the plane stride equal to C, set up by the launcher.
         tl.store(out, f0.to(dtype), mask=mask)
         tl.store(out + stride_ok, f1.to(dtype), mask=mask)
         tl.store(out + 2 * stride_ok, f2.to(dtype), mask=mask)
-    elif REDUCE == "sum":
+    elif REDUCE == REDUCE_SUM:
         tl.store(out, (f0 + f1 + f2).to(dtype), mask=mask)
-    elif REDUCE == "mean":
+    elif REDUCE == REDUCE_MEAN:
         tl.store(out, ((f0 + f1 + f2) / 3).to(dtype), mask=mask)
     else:  # prod
         tl.store(out, (f0 * f1 * f2).to(dtype), mask=mask)
@@ -199,15 +206,15 @@ def _triplane_bwd_kernel(
 
     # Upstream gradient of each plane's feature tile.
     g_ptr = grad_out_ptr + b * stride_ob + (offs_n.to(tl.int64) * stride_on)[:, None] + offs_c[None, :] * stride_oc
-    if REDUCE == "none" or REDUCE == "concat":
+    if REDUCE == REDUCE_NONE or REDUCE == REDUCE_CONCAT:
         g0 = tl.load(g_ptr, mask=mask, other=0.0).to(ACC_DTYPE)
         g1 = tl.load(g_ptr + stride_ok, mask=mask, other=0.0).to(ACC_DTYPE)
         g2 = tl.load(g_ptr + 2 * stride_ok, mask=mask, other=0.0).to(ACC_DTYPE)
-    elif REDUCE == "sum":
+    elif REDUCE == REDUCE_SUM:
         g0 = tl.load(g_ptr, mask=mask, other=0.0).to(ACC_DTYPE)
         g1 = g0
         g2 = g0
-    elif REDUCE == "mean":
+    elif REDUCE == REDUCE_MEAN:
         g0 = tl.load(g_ptr, mask=mask, other=0.0).to(ACC_DTYPE) / 3
         g1 = g0
         g2 = g0
@@ -263,22 +270,22 @@ def _axes_kwargs(axes: Sequence[int]) -> dict:
     return dict(zip(names, axes))
 
 
-def _feature_strides(out: torch.Tensor, reduce: str, C: int) -> Tuple[int, int, int, int]:
+def _feature_strides(out: torch.Tensor, reduce: int, C: int) -> Tuple[int, int, int, int]:
     """(stride_b, stride_n, stride_plane, stride_c) of an output / grad_out of any layout."""
-    if reduce == "none":
+    if reduce == Reduce.NONE:
         return out.stride(0), out.stride(1), out.stride(2), out.stride(3)
-    if reduce == "concat":
+    if reduce == Reduce.CONCAT:
         # [B, N, 3C] plane-major: plane k channel c sits at (k * C + c).
         return out.stride(0), out.stride(1), C * out.stride(2), out.stride(2)
     return out.stride(0), out.stride(1), 0, out.stride(2)
 
 
-def triplane_sample_fwd(planes, xyz, axes, reduce: str, align_corners: bool, padding: str) -> torch.Tensor:
+def triplane_sample_fwd(planes, xyz, axes, reduce: int, align_corners: bool, padding: int) -> torch.Tensor:
     B, _, C, H, W = planes.shape
     N = xyz.shape[1]
-    if reduce == "none":
+    if reduce == Reduce.NONE:
         out = torch.empty((B, N, 3, C), device=planes.device, dtype=planes.dtype)
-    elif reduce == "concat":
+    elif reduce == Reduce.CONCAT:
         out = torch.empty((B, N, 3 * C), device=planes.device, dtype=planes.dtype)
     else:
         out = torch.empty((B, N, C), device=planes.device, dtype=planes.dtype)
@@ -295,13 +302,13 @@ def triplane_sample_fwd(planes, xyz, axes, reduce: str, align_corners: bool, pad
         *xyz.stride(),
         *_feature_strides(out, reduce, C),
         **_axes_kwargs(axes),
-        REDUCE=reduce, ALIGN_CORNERS=bool(align_corners), BORDER=(padding == "border"), ACC_DTYPE=acc_tl,
+        REDUCE=int(reduce), ALIGN_CORNERS=bool(align_corners), BORDER=(padding == Padding.BORDER), ACC_DTYPE=acc_tl,
         BLOCK_C=block_c,
     )
     return out
 
 
-def triplane_sample_bwd(grad_out, planes, xyz, axes, reduce: str, align_corners: bool, padding: str,
+def triplane_sample_bwd(grad_out, planes, xyz, axes, reduce: int, align_corners: bool, padding: int,
                         need_planes: bool, need_xyz: bool) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     B, n_planes, C, H, W = planes.shape
     N = xyz.shape[1]
@@ -326,7 +333,7 @@ def triplane_sample_bwd(grad_out, planes, xyz, axes, reduce: str, align_corners:
             *gp.stride(),
             *gx.stride(),
             **_axes_kwargs(axes),
-            REDUCE=reduce, ALIGN_CORNERS=bool(align_corners), BORDER=(padding == "border"), ACC_DTYPE=acc_tl,
+            REDUCE=int(reduce), ALIGN_CORNERS=bool(align_corners), BORDER=(padding == Padding.BORDER), ACC_DTYPE=acc_tl,
             NEED_PLANES=bool(need_planes), NEED_XYZ=bool(need_xyz),
         )
 

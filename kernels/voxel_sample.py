@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._enums import Padding
 from ._grid import _load_points, _source_index
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -218,7 +219,7 @@ def _acc_dtype(volume: torch.Tensor):
     return (torch.float64, tl.float64) if volume.dtype == torch.float64 else (torch.float32, tl.float32)
 
 
-def voxel_sample_fwd(volume, xyz, align_corners: bool, padding: str) -> torch.Tensor:
+def voxel_sample_fwd(volume, xyz, align_corners: bool, padding: int) -> torch.Tensor:
     B, C, D, H, W = volume.shape
     N = xyz.shape[1]
     out = torch.empty((B, N, C), device=volume.device, dtype=volume.dtype)
@@ -234,13 +235,13 @@ def voxel_sample_fwd(volume, xyz, align_corners: bool, padding: str) -> torch.Te
         *volume.stride(),
         *xyz.stride(),
         *out.stride(),
-        ALIGN_CORNERS=bool(align_corners), BORDER=(padding == "border"), ACC_DTYPE=acc_tl,
+        ALIGN_CORNERS=bool(align_corners), BORDER=(padding == Padding.BORDER), ACC_DTYPE=acc_tl,
         BLOCK_C=block_c,
     )
     return out
 
 
-def voxel_sample_bwd(grad_out, volume, xyz, align_corners: bool, padding: str,
+def voxel_sample_bwd(grad_out, volume, xyz, align_corners: bool, padding: int,
                      need_volume: bool, need_xyz: bool) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     B, C, D, H, W = volume.shape
     N = xyz.shape[1]
@@ -264,7 +265,7 @@ def voxel_sample_bwd(grad_out, volume, xyz, align_corners: bool, padding: str,
             *xyz.stride(),
             *gv.stride(),
             *gx.stride(),
-            ALIGN_CORNERS=bool(align_corners), BORDER=(padding == "border"), ACC_DTYPE=acc_tl,
+            ALIGN_CORNERS=bool(align_corners), BORDER=(padding == Padding.BORDER), ACC_DTYPE=acc_tl,
             NEED_VOLUME=bool(need_volume), NEED_XYZ=bool(need_xyz), ONE_CHANNEL_BLOCK=C <= _BWD_MAX_BLOCK_C,
         )
 

@@ -16,6 +16,7 @@ DOCUMENTED_MODULES = [
     "fastfields.ops.adaln_modulate",
     "fastfields.ops.attention",
     "fastfields.ops.render_triplane",
+    "fastfields.rendering.triplane",
     "fastfields.export",
     "fastfields.models.lrm",
 ]

@@ -15,7 +15,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -24,6 +23,7 @@
 #include <vector>
 
 #include "fastfields/common.h"
+#include "fastfields/schemas.h"
 
 namespace fastfields {
 namespace {
@@ -338,16 +338,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate_bwd_cpu(
 }  // namespace
 }  // namespace fastfields
 
-TORCH_LIBRARY_FRAGMENT(fastfields_cpu, m) {
-  m.def(
-      "adaln_modulate_fwd(Tensor x, Tensor shift, Tensor scale, Tensor? weight, Tensor? bias, Tensor? gate, "
-      "Tensor? residual, float eps) -> (Tensor, Tensor, Tensor)");
-  m.def(
-      "adaln_modulate_bwd(Tensor grad_out, Tensor x, Tensor scale, Tensor? weight, Tensor? gate, Tensor mean, "
-      "Tensor rstd) -> (Tensor, Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(fastfields_cpu, CPU, m) {
-  m.impl("adaln_modulate_fwd", TORCH_FN(fastfields::adaln_modulate_fwd_cpu));
-  m.impl("adaln_modulate_bwd", TORCH_FN(fastfields::adaln_modulate_bwd_cpu));
-}
+FF_REGISTER_KERNELS(fastfields_cpu, CPU, adaln_modulate, fastfields::adaln_modulate_fwd_cpu, fastfields::adaln_modulate_bwd_cpu)

@@ -5,7 +5,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
@@ -15,6 +14,7 @@
 
 #include "fastfields/composite.h"
 #include "fastfields/composite_bind.h"
+#include "fastfields/schemas.h"
 
 namespace fastfields {
 namespace {
@@ -129,20 +129,9 @@ std::tuple<at::Tensor, int64_t> composite_offsets_cpu(const at::Tensor& ray_indi
 }  // namespace
 }  // namespace fastfields
 
-TORCH_LIBRARY_FRAGMENT(fastfields_cpu, m) {
-  m.def(
-      "composite_fwd(Tensor sigmas, Tensor rgbs, Tensor? a, Tensor? b, Tensor? offsets, int geometry, int activation, "
-      "float bias, float scale, float eps, float t_threshold, bool return_weights) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "composite_bwd(Tensor grad_rgb, Tensor? grad_depth, Tensor grad_opacity, Tensor? grad_weights, Tensor total, "
-      "Tensor sigmas, Tensor rgbs, Tensor? a, Tensor? b, Tensor? offsets, int geometry, int activation, float bias, "
-      "float scale, float eps, bool need_sigmas, bool need_rgbs, bool need_a, bool need_b) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("composite_offsets(Tensor ray_indices, int n_rays) -> (Tensor, int)");
-}
+FF_REGISTER_KERNELS(fastfields_cpu, CPU, composite, fastfields::composite_fwd_cpu, fastfields::composite_bwd_cpu)
 
+TORCH_LIBRARY_FRAGMENT(fastfields_cpu, m) { m.def(FF_SCHEMA_composite_offsets); }
 TORCH_LIBRARY_IMPL(fastfields_cpu, CPU, m) {
-  m.impl("composite_fwd", TORCH_FN(fastfields::composite_fwd_cpu));
-  m.impl("composite_bwd", TORCH_FN(fastfields::composite_bwd_cpu));
   m.impl("composite_offsets", TORCH_FN(fastfields::composite_offsets_cpu));
 }

@@ -26,7 +26,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
@@ -41,15 +40,12 @@
 
 #include "fastfields/composite.h"
 #include "fastfields/triplane_sample.h"
+#include "fastfields/schemas.h"
 
 namespace fastfields {
 namespace {
 
-// Codes of fastfields/ops/render_triplane.py (REDUCE_CODES, HIDDEN_CODES, COLOR_CODES, MODE_CODES).
-enum RtReduce : int { kRtConcat = 0, kRtSum = 1, kRtMean = 2 };
-enum RtHidden : int { kHidRelu = 0, kHidSilu = 1, kHidSoftplus = 2 };
-enum RtColor : int { kColSigmoidClamped = 0, kColSigmoid = 1, kColNone = 2 };
-enum RtMode : int { kModeNerf = 0, kModeEg3d = 1 };
+// Option codes (Reduce, HiddenActivation, ColorActivation, RenderMode, ...): fastfields/enums.h.
 
 // EG3D / OpenLRM's clamped sigmoid: sigmoid(x) * (1 + 2 * kClamp) - kClamp.
 constexpr float kClamp = 0.001f;
@@ -422,11 +418,11 @@ FF_HD_INLINE void gather_features_impl(const Problem& p, const T* planes, Worksp
       continue;
     }
     const T* base = planes + (ws.row_ray[row] / p.R) * 3 * plane;
-    if (p.reduce == kRtConcat) {
+    if (p.reduce == kReduceConcat) {
       for (int k = 0; k < 3; ++k) tap_plane(x + k * C, base + k * plane, taps[k], C, false);
     } else {
       for (int k = 0; k < 3; ++k) tap_plane(x, base + k * plane, taps[k], C, k > 0);
-      if (p.reduce == kRtMean) {
+      if (p.reduce == kReduceMean) {
         for (int64_t c = 0; c < C; ++c) x[c] /= 3.0f;
       }
     }
@@ -436,14 +432,14 @@ FF_HD_INLINE void gather_features_impl(const Problem& p, const T* planes, Worksp
 // grad_planes[corners] += w * g for the rows [0, n), g = ws.dx.
 FF_HD_INLINE void scatter_features_impl(const Problem& p, Workspace& ws, int64_t n, float* grad_planes) {
   const int64_t C = p.C, plane = p.H * p.W * C;
-  const float share = p.reduce == kRtMean ? 1.0f / 3.0f : 1.0f;
+  const float share = p.reduce == kReduceMean ? 1.0f / 3.0f : 1.0f;
   for (int64_t row = 0; row < n; ++row) {
     PlaneTaps<float> taps[3];
     if (!row_taps(p, ws.coord.data() + row * 3, taps)) continue;
     float* base = grad_planes + (ws.row_ray[row] / p.R) * 3 * plane;
     const float* g = ws.dx.data() + row * p.Fp;
     for (int k = 0; k < 3; ++k) {
-      const float* __restrict__ gk = p.reduce == kRtConcat ? g + k * C : g;
+      const float* __restrict__ gk = p.reduce == kReduceConcat ? g + k * C : g;
       for (int corner = 0; corner < 4; ++corner) {
         if (!(taps[k].mask & (1u << corner))) continue;
         float* __restrict__ dst = base + k * plane + taps[k].off[corner];
@@ -902,7 +898,7 @@ Problem make_problem(const at::Tensor& planes, const at::Tensor& rays_o, const a
     TORCH_CHECK(axes[i] >= 0 && axes[i] < 3, "render_triplane (cpu): axes entries must be 0, 1 or 2, got ", axes);
     p.axes[i] = static_cast<int>(axes[i]);
   }
-  TORCH_CHECK(reduce >= kRtConcat && reduce <= kRtMean,
+  TORCH_CHECK(reduce >= kReduceConcat && reduce <= kReduceMean,
               "render_triplane (cpu): reduce must be 0 (concat), 1 (sum) or 2 (mean), got ", reduce);
   TORCH_CHECK(padding == kPadZeros || padding == kPadBorder,
               "render_triplane (cpu): padding must be 0 (zeros) or 1 (border), got ", padding);
@@ -928,7 +924,7 @@ Problem make_problem(const at::Tensor& planes, const at::Tensor& rays_o, const a
   p.eps = mode == kModeEg3d ? 1e-10f : 0.0f;  // EG3D's MipRayMarcher2 (composite.h)
   p.t_threshold = static_cast<float>(t_threshold);
 
-  p.F = reduce == kRtConcat ? 3 * p.C : p.C;
+  p.F = reduce == kReduceConcat ? 3 * p.C : p.C;
   p.Hd = first_w.size(0);
   p.L = hidden_w.size(0);
   p.O = last_w.size(0);
@@ -1114,23 +1110,4 @@ Bwd render_triplane_bwd_cpu(const at::Tensor& grad_rgb, const at::Tensor& grad_d
 }  // namespace
 }  // namespace fastfields
 
-TORCH_LIBRARY_FRAGMENT(fastfields_cpu, m) {
-  m.def(
-      "render_triplane_fwd(Tensor planes, Tensor rays_o, Tensor rays_d, Tensor t, Tensor? deltas, Tensor first_w, "
-      "Tensor first_b, Tensor hidden_w, Tensor hidden_b, Tensor last_w, Tensor last_b, int[] axes, int reduce, "
-      "bool align_corners, int padding, float scale, int activation, int color_act, int mode, "
-      "int density_activation, float density_bias, float distance_scale, bool mask_outside, float t_threshold, "
-      "bool return_weights) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "render_triplane_bwd(Tensor grad_rgb, Tensor grad_depth, Tensor grad_opacity, Tensor total, Tensor planes, "
-      "Tensor rays_o, Tensor rays_d, Tensor t, Tensor? deltas, Tensor first_w, Tensor first_b, Tensor hidden_w, "
-      "Tensor hidden_b, Tensor last_w, Tensor last_b, int[] axes, int reduce, bool align_corners, int padding, "
-      "float scale, int activation, int color_act, int mode, int density_activation, float density_bias, "
-      "float distance_scale, bool mask_outside, float t_threshold, bool return_weights) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(fastfields_cpu, CPU, m) {
-  m.impl("render_triplane_fwd", TORCH_FN(fastfields::render_triplane_fwd_cpu));
-  m.impl("render_triplane_bwd", TORCH_FN(fastfields::render_triplane_bwd_cpu));
-}
+FF_REGISTER_KERNELS(fastfields_cpu, CPU, render_triplane, fastfields::render_triplane_fwd_cpu, fastfields::render_triplane_bwd_cpu)

@@ -5,13 +5,14 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "fastfields/tensorf_vm_sample.h"
+#include "fastfields/tensorf_vm_sample_bind.h"
+#include "fastfields/schemas.h"
 
 namespace fastfields {
 namespace {
@@ -236,7 +237,7 @@ void fwd_points(const VmSampleParams& p, const T* const planes[3], const A* cons
       prepare_point<A>(p, xyz, n + kLookahead, slot);
       prefetch_planes<T, A>(p, planes, slot);
     }
-    const bool concat = p.reduce == kVmConcat;
+    const bool concat = p.reduce == kReduceConcat;
     T* __restrict__ o = concat ? out + n * p.total_R : out + n;
     if (!q.ok) {
       for (int64_t c = 0; c < (concat ? p.total_R : 1); ++c) o[c] = ff_store<T>(A(0));
@@ -376,7 +377,7 @@ void bwd_points(const VmSampleParams& p, const T* grad_out, int64_t g_sN, int64_
       const T* go = grad_out + n * g_sN;
       for (int k = 0; k < 3; ++k) {
         const int64_t R = p.R[k];
-        if (p.reduce == kVmSum) {
+        if (p.reduce == kReduceSum) {
           const A gs = ff_load<A>(go[0]);
           for (int64_t r = 0; r < R; ++r) g[r] = gs;
         } else {
@@ -432,70 +433,6 @@ void sum_slots_into(const at::Tensor& dst, const A* src, int64_t slots, int64_t 
 
 constexpr int64_t kPointGrain = 256;
 
-VmSampleParams make_params(at::TensorList planes, at::TensorList lines, const at::Tensor& xyz,
-                           at::IntArrayRef mat_mode, at::IntArrayRef vec_mode, int64_t reduce, bool align_corners,
-                           int64_t padding) {
-  TORCH_CHECK(planes.size() == 3, "tensorf_vm_sample: expected 3 planes, got ", planes.size());
-  TORCH_CHECK(lines.size() == 3, "tensorf_vm_sample: expected 3 lines, got ", lines.size());
-  TORCH_CHECK(xyz.dim() == 2 && xyz.size(1) == 3, "tensorf_vm_sample: xyz must be [N, 3], got ", xyz.sizes());
-  TORCH_CHECK(at::isFloatingType(xyz.scalar_type()), "tensorf_vm_sample: xyz must be a floating-point tensor, got ",
-              xyz.scalar_type());
-  const auto dt = planes[0].scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
-              "tensorf_vm_sample: planes must be float32/float64/float16/bfloat16, got ", dt);
-  TORCH_CHECK(mat_mode.size() == 6, "tensorf_vm_sample: mat_mode must hold 6 entries (3 planes x (u, v)), got ",
-              mat_mode.size());
-  TORCH_CHECK(vec_mode.size() == 3, "tensorf_vm_sample: vec_mode must hold 3 entries, got ", vec_mode.size());
-  for (auto a : mat_mode) {
-    TORCH_CHECK(a >= 0 && a < 3, "tensorf_vm_sample: mat_mode entries must be 0, 1 or 2, got ", mat_mode);
-  }
-  for (auto a : vec_mode) {
-    TORCH_CHECK(a >= 0 && a < 3, "tensorf_vm_sample: vec_mode entries must be 0, 1 or 2, got ", vec_mode);
-  }
-  TORCH_CHECK(reduce == kVmConcat || reduce == kVmSum, "tensorf_vm_sample: reduce must be 0 (concat) or 1 (sum), got ",
-              reduce);
-  TORCH_CHECK(padding == kPadZeros || padding == kPadBorder,
-              "tensorf_vm_sample: padding must be 0 (zeros) or 1 (border), got ", padding);
-
-  VmSampleParams p{};
-  p.N = xyz.size(0);
-  p.total_R = 0;
-  for (int k = 0; k < 3; ++k) {
-    const at::Tensor& plane = planes[k];
-    const at::Tensor& line = lines[k];
-    TORCH_CHECK(plane.dim() == 3 && plane.numel() > 0, "tensorf_vm_sample: planes[", k,
-                "] must be a non-empty [R, H, W] tensor, got ", plane.sizes());
-    TORCH_CHECK(line.dim() == 2 && line.size(0) == plane.size(0) && line.size(1) > 0, "tensorf_vm_sample: lines[", k,
-                "] must be [R, L] with R = ", plane.size(0), " and L > 0, got ", line.sizes());
-    TORCH_CHECK(plane.scalar_type() == dt && line.scalar_type() == dt, "tensorf_vm_sample: planes[", k, "] and lines[",
-                k, "] must have the dtype of planes[0] (", dt, ")");
-    p.R[k] = plane.size(0);
-    p.H[k] = plane.size(1);
-    p.W[k] = plane.size(2);
-    p.L[k] = line.size(1);
-    p.offset[k] = p.total_R;
-    p.total_R += p.R[k];
-    for (int i = 0; i < 3; ++i) p.plane_strides[k][i] = plane.stride(i);
-    for (int i = 0; i < 2; ++i) p.line_strides[k][i] = line.stride(i);
-    p.mat_mode[2 * k] = static_cast<int>(mat_mode[2 * k]);
-    p.mat_mode[2 * k + 1] = static_cast<int>(mat_mode[2 * k + 1]);
-    p.vec_mode[k] = static_cast<int>(vec_mode[k]);
-  }
-  p.xyz_strides[0] = xyz.stride(0);
-  p.xyz_strides[1] = xyz.stride(1);
-  p.reduce = static_cast<int>(reduce);
-  p.padding = static_cast<int>(padding);
-  p.align_corners = align_corners;
-  return p;
-}
-
-void check_cpu(at::TensorList tensors, const char* what) {
-  for (const auto& t : tensors) {
-    TORCH_CHECK(t.device().is_cpu(), "tensorf_vm_sample (cpu): ", what, " must be CPU tensors, got ", t.device());
-  }
-}
-
-at::ScalarType acc_dtype(at::ScalarType dtype) { return dtype == at::kDouble ? at::kDouble : at::kFloat; }
 
 // The kernels' working copies: xyz in the accumulation dtype (strides honoured), lines as
 // channels-last [L, R] accumulation-dtype buffers (small, so the copy is cheap).
@@ -520,13 +457,10 @@ Inputs prepare_inputs(VmSampleParams& p, at::TensorList lines, const at::Tensor&
 at::Tensor tensorf_vm_sample_fwd_cpu(at::TensorList planes, at::TensorList lines, const at::Tensor& xyz,
                                      at::IntArrayRef mat_mode, at::IntArrayRef vec_mode, int64_t reduce,
                                      bool align_corners, int64_t padding) {
-  check_cpu(planes, "planes");
-  check_cpu(lines, "lines");
-  check_cpu({xyz}, "xyz");
-  VmSampleParams p = make_params(planes, lines, xyz, mat_mode, vec_mode, reduce, align_corners, padding);
+  VmSampleParams p = vm_bind::make_params(planes, lines, xyz, mat_mode, vec_mode, reduce, align_corners, padding, at::kCPU);
   const at::ScalarType dt = planes[0].scalar_type();
   const Inputs in = prepare_inputs(p, lines, xyz, acc_dtype(dt));
-  at::Tensor out = p.reduce == kVmSum ? at::empty({p.N}, planes[0].options())
+  at::Tensor out = p.reduce == kReduceSum ? at::empty({p.N}, planes[0].options())
                                       : at::empty({p.N, p.total_R}, planes[0].options());
   if (p.N == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "tensorf_vm_sample_fwd_cpu", [&] {
@@ -551,19 +485,17 @@ std::vector<at::Tensor> tensorf_vm_sample_bwd_cpu(const at::Tensor& grad_out, at
                                                   at::IntArrayRef mat_mode, at::IntArrayRef vec_mode, int64_t reduce,
                                                   bool align_corners, int64_t padding, bool need_planes,
                                                   bool need_lines, bool need_xyz) {
-  check_cpu(planes, "planes");
-  check_cpu(lines, "lines");
-  check_cpu({xyz, grad_out}, "xyz and grad_out");
-  VmSampleParams p = make_params(planes, lines, xyz, mat_mode, vec_mode, reduce, align_corners, padding);
+  VmSampleParams p = vm_bind::make_params(planes, lines, xyz, mat_mode, vec_mode, reduce, align_corners, padding, at::kCPU);
+  check_device(grad_out, "grad_out", planes[0], "planes[0]", at::kCPU, "tensorf_vm_sample");
   const std::vector<int64_t> expected =
-      p.reduce == kVmSum ? std::vector<int64_t>{p.N} : std::vector<int64_t>{p.N, p.total_R};
+      p.reduce == kReduceSum ? std::vector<int64_t>{p.N} : std::vector<int64_t>{p.N, p.total_R};
   TORCH_CHECK(grad_out.sizes().equals(expected), "tensorf_vm_sample: grad_out must have shape ",
               at::IntArrayRef(expected), ", got ", grad_out.sizes());
   const at::ScalarType dt = planes[0].scalar_type();
   const at::ScalarType adt = acc_dtype(dt);
   const Inputs in = prepare_inputs(p, lines, xyz, adt);
   const at::Tensor go = grad_out.to(dt);
-  const int64_t g_sN = go.stride(0), g_sR = p.reduce == kVmSum ? 0 : go.stride(1);
+  const int64_t g_sN = go.stride(0), g_sR = p.reduce == kReduceSum ? 0 : go.stride(1);
 
   // Results in the layout of their inputs (so no copy follows); unrequested ones are empty.
   std::vector<at::Tensor> grads(7);
@@ -637,17 +569,4 @@ std::vector<at::Tensor> tensorf_vm_sample_bwd_cpu(const at::Tensor& grad_out, at
 }  // namespace
 }  // namespace fastfields
 
-TORCH_LIBRARY_FRAGMENT(fastfields_cpu, m) {
-  m.def(
-      "tensorf_vm_sample_fwd(Tensor[] planes, Tensor[] lines, Tensor xyz, int[] mat_mode, int[] vec_mode, int reduce, "
-      "bool align_corners, int padding) -> Tensor");
-  m.def(
-      "tensorf_vm_sample_bwd(Tensor grad_out, Tensor[] planes, Tensor[] lines, Tensor xyz, int[] mat_mode, "
-      "int[] vec_mode, int reduce, bool align_corners, int padding, bool need_planes, bool need_lines, "
-      "bool need_xyz) -> Tensor[]");
-}
-
-TORCH_LIBRARY_IMPL(fastfields_cpu, CPU, m) {
-  m.impl("tensorf_vm_sample_fwd", TORCH_FN(fastfields::tensorf_vm_sample_fwd_cpu));
-  m.impl("tensorf_vm_sample_bwd", TORCH_FN(fastfields::tensorf_vm_sample_bwd_cpu));
-}
+FF_REGISTER_KERNELS(fastfields_cpu, CPU, tensorf_vm_sample, fastfields::tensorf_vm_sample_fwd_cpu, fastfields::tensorf_vm_sample_bwd_cpu)

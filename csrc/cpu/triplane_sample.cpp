@@ -15,7 +15,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -26,6 +25,7 @@
 
 #include "fastfields/triplane_sample.h"
 #include "fastfields/triplane_sample_bind.h"
+#include "fastfields/schemas.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -549,9 +549,8 @@ using namespace triplane_bind;
 
 at::Tensor triplane_sample_fwd_cpu(const at::Tensor& planes, const at::Tensor& xyz, at::IntArrayRef axes,
                                    int64_t reduce, bool align_corners, int64_t padding) {
-  TORCH_CHECK(planes.device().is_cpu(), "triplane_sample (cpu): planes must be a CPU tensor, got ",
-              planes.device());
-  TORCH_CHECK(xyz.device().is_cpu(), "triplane_sample (cpu): xyz must be a CPU tensor, got ", xyz.device());
+  check_device(planes, "planes", planes, "planes", at::kCPU, "triplane_sample");
+  check_device(xyz, "xyz", planes, "planes", at::kCPU, "triplane_sample");
   TriplaneSampleParams p = make_params(planes, xyz, axes, reduce, align_corners, padding);
   // Coordinates in the accumulation dtype (a no-op for the usual fp32 xyz); strides honoured.
   const at::Tensor xyz_a = prepare_xyz(xyz, planes.scalar_type(), p);
@@ -583,11 +582,9 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(const at::Tensor& gra
                                                            const at::Tensor& xyz, at::IntArrayRef axes,
                                                            int64_t reduce, bool align_corners, int64_t padding,
                                                            bool need_planes, bool need_xyz) {
-  TORCH_CHECK(planes.device().is_cpu(), "triplane_sample (cpu): planes must be a CPU tensor, got ",
-              planes.device());
-  TORCH_CHECK(xyz.device().is_cpu(), "triplane_sample (cpu): xyz must be a CPU tensor, got ", xyz.device());
-  TORCH_CHECK(grad_out.device().is_cpu(), "triplane_sample (cpu): grad_out must be a CPU tensor, got ",
-              grad_out.device());
+  check_device(planes, "planes", planes, "planes", at::kCPU, "triplane_sample");
+  check_device(xyz, "xyz", planes, "planes", at::kCPU, "triplane_sample");
+  check_device(grad_out, "grad_out", planes, "planes", at::kCPU, "triplane_sample");
   TriplaneSampleParams p = make_params(planes, xyz, axes, reduce, align_corners, padding);
   const at::ScalarType adt = acc_dtype(planes.scalar_type());
   const at::Tensor xyz_a = prepare_xyz(xyz, planes.scalar_type(), p);
@@ -707,16 +704,4 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(const at::Tensor& gra
 }  // namespace
 }  // namespace fastfields
 
-TORCH_LIBRARY_FRAGMENT(fastfields_cpu, m) {
-  m.def(
-      "triplane_sample_fwd(Tensor planes, Tensor xyz, int[] axes, int reduce, bool align_corners, int padding) "
-      "-> Tensor");
-  m.def(
-      "triplane_sample_bwd(Tensor grad_out, Tensor planes, Tensor xyz, int[] axes, int reduce, bool align_corners, "
-      "int padding, bool need_planes, bool need_xyz) -> (Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(fastfields_cpu, CPU, m) {
-  m.impl("triplane_sample_fwd", TORCH_FN(fastfields::triplane_sample_fwd_cpu));
-  m.impl("triplane_sample_bwd", TORCH_FN(fastfields::triplane_sample_bwd_cpu));
-}
+FF_REGISTER_KERNELS(fastfields_cpu, CPU, triplane_sample, fastfields::triplane_sample_fwd_cpu, fastfields::triplane_sample_bwd_cpu)

@@ -5,7 +5,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstring>
@@ -13,6 +12,8 @@
 #include <type_traits>
 
 #include "fastfields/voxel_sample.h"
+#include "fastfields/voxel_sample_bind.h"
+#include "fastfields/schemas.h"
 
 namespace fastfields {
 namespace {
@@ -225,45 +226,10 @@ void bwd_points(const VoxelSampleParams& p, const T* grad_out, const T* volume, 
 
 constexpr int64_t kPointGrain = 256;
 
-VoxelSampleParams make_params(const at::Tensor& volume, const at::Tensor& xyz, bool align_corners,
-                              int64_t padding) {
-  TORCH_CHECK(volume.device().is_cpu(), "voxel_sample (cpu): volume must be a CPU tensor, got ", volume.device());
-  TORCH_CHECK(xyz.device().is_cpu(), "voxel_sample (cpu): xyz must be a CPU tensor, got ", xyz.device());
-  TORCH_CHECK(volume.dim() == 5, "voxel_sample: volume must be [B, C, D, H, W], got ", volume.dim(), " dims");
-  TORCH_CHECK(volume.size(1) > 0 && volume.size(2) > 0 && volume.size(3) > 0 && volume.size(4) > 0,
-              "voxel_sample: volume must have C, D, H and W > 0, got ", volume.sizes());
-  TORCH_CHECK(xyz.dim() == 3, "voxel_sample: xyz must be [B, N, 3], got ", xyz.dim(), " dims");
-  TORCH_CHECK(xyz.size(2) == 3, "voxel_sample: xyz's last dim must be 3, got ", xyz.size(2));
-  TORCH_CHECK(xyz.size(0) == volume.size(0), "voxel_sample: xyz batch (", xyz.size(0),
-              ") must match volume batch (", volume.size(0), ")");
-  const auto vt = volume.scalar_type();
-  TORCH_CHECK(vt == at::kFloat || vt == at::kDouble || vt == at::kHalf || vt == at::kBFloat16,
-              "voxel_sample: volume must be float32/float64/float16/bfloat16, got ", vt);
-  TORCH_CHECK(at::isFloatingType(xyz.scalar_type()), "voxel_sample: xyz must be a floating-point tensor, got ",
-              xyz.scalar_type());
-  TORCH_CHECK(padding == kPadZeros || padding == kPadBorder,
-              "voxel_sample: padding must be 0 (zeros) or 1 (border), got ", padding);
-
-  VoxelSampleParams p{};
-  p.B = volume.size(0);
-  p.N = xyz.size(1);
-  p.C = volume.size(1);
-  p.D = volume.size(2);
-  p.H = volume.size(3);
-  p.W = volume.size(4);
-  for (int i = 0; i < 5; ++i) p.volume_strides[i] = volume.stride(i);
-  p.padding = static_cast<int>(padding);
-  p.align_corners = align_corners;
-  return p;
-}
-
-at::ScalarType acc_dtype(at::ScalarType volume_dtype) {
-  return volume_dtype == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 at::Tensor voxel_sample_fwd_cpu(const at::Tensor& volume, const at::Tensor& xyz, bool align_corners,
                                 int64_t padding) {
-  VoxelSampleParams p = make_params(volume, xyz, align_corners, padding);
+  VoxelSampleParams p = voxel_bind::make_params(volume, xyz, align_corners, padding, at::kCPU);
   // Coordinates in the accumulation dtype (a no-op for the usual fp32 xyz); strides honoured.
   const at::Tensor xyz_a = xyz.to(acc_dtype(volume.scalar_type()));
   for (int i = 0; i < 3; ++i) p.xyz_strides[i] = xyz_a.stride(i);
@@ -290,11 +256,10 @@ at::Tensor voxel_sample_fwd_cpu(const at::Tensor& volume, const at::Tensor& xyz,
 std::tuple<at::Tensor, at::Tensor> voxel_sample_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& volume,
                                                         const at::Tensor& xyz, bool align_corners, int64_t padding,
                                                         bool need_volume, bool need_xyz) {
-  TORCH_CHECK(grad_out.device().is_cpu(), "voxel_sample (cpu): grad_out must be a CPU tensor, got ",
-              grad_out.device());
+  check_device(grad_out, "grad_out", volume, "volume", at::kCPU, "voxel_sample");
   TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()),
               "voxel_sample: grad_out must be a floating-point tensor, got ", grad_out.scalar_type());
-  VoxelSampleParams p = make_params(volume, xyz, align_corners, padding);
+  VoxelSampleParams p = voxel_bind::make_params(volume, xyz, align_corners, padding, at::kCPU);
   TORCH_CHECK(grad_out.sizes().equals({p.B, p.N, p.C}), "voxel_sample: grad_out must have shape [", p.B, ", ", p.N,
               ", ", p.C, "], got ", grad_out.sizes());
 
@@ -393,14 +358,4 @@ std::tuple<at::Tensor, at::Tensor> voxel_sample_bwd_cpu(const at::Tensor& grad_o
 }  // namespace
 }  // namespace fastfields
 
-TORCH_LIBRARY_FRAGMENT(fastfields_cpu, m) {
-  m.def("voxel_sample_fwd(Tensor volume, Tensor xyz, bool align_corners, int padding) -> Tensor");
-  m.def(
-      "voxel_sample_bwd(Tensor grad_out, Tensor volume, Tensor xyz, bool align_corners, int padding, "
-      "bool need_volume, bool need_xyz) -> (Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(fastfields_cpu, CPU, m) {
-  m.impl("voxel_sample_fwd", TORCH_FN(fastfields::voxel_sample_fwd_cpu));
-  m.impl("voxel_sample_bwd", TORCH_FN(fastfields::voxel_sample_bwd_cpu));
-}
+FF_REGISTER_KERNELS(fastfields_cpu, CPU, voxel_sample, fastfields::voxel_sample_fwd_cpu, fastfields::voxel_sample_bwd_cpu)

@@ -6,12 +6,12 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <vector>
 
 #include "fastfields/composite.h"
 #include "fastfields/composite_bind.h"
+#include "fastfields/schemas.h"
 
 namespace fastfields {
 namespace {
@@ -54,18 +54,4 @@ Outputs composite_bwd_cuda(const at::Tensor& grad_rgb, const c10::optional<at::T
 }  // namespace
 }  // namespace fastfields
 
-TORCH_LIBRARY_FRAGMENT(fastfields_cuda, m) {
-  m.def(
-      "composite_fwd(Tensor sigmas, Tensor rgbs, Tensor? a, Tensor? b, Tensor? offsets, int geometry, int activation, "
-      "float bias, float scale, float eps, float t_threshold, bool return_weights) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "composite_bwd(Tensor grad_rgb, Tensor? grad_depth, Tensor grad_opacity, Tensor? grad_weights, Tensor total, "
-      "Tensor sigmas, Tensor rgbs, Tensor? a, Tensor? b, Tensor? offsets, int geometry, int activation, float bias, "
-      "float scale, float eps, bool need_sigmas, bool need_rgbs, bool need_a, bool need_b) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(fastfields_cuda, CUDA, m) {
-  m.impl("composite_fwd", TORCH_FN(fastfields::composite_fwd_cuda));
-  m.impl("composite_bwd", TORCH_FN(fastfields::composite_bwd_cuda));
-}
+FF_REGISTER_KERNELS(fastfields_cuda, CUDA, composite, fastfields::composite_fwd_cuda, fastfields::composite_bwd_cuda)

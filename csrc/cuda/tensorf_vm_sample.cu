@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t R = p.R[k];
     T* __restrict__ row = out + n * p.total_R + p.offset[k];
     if (!ok) {
-      if (active && p.reduce == kVmConcat) {
+      if (active && p.reduce == kReduceConcat) {
         for (int64_t r = lane; r < R; r += LANES) row[r] = ff_store<T>(A(0));
       }
       continue;
@@ -80,14 +80,14 @@ __global__ void __launch_bounds__(kThreads)
       load_corners<A>(in.plane[k], taps, r, sR, v);
       load_taps<A>(in.line[k], line_taps, r, line_sR, a0, a1);
       const A product = vm_bilinear<A>(taps, v) * vm_linear<A>(line_taps, a0, a1);
-      if (p.reduce == kVmConcat) {
+      if (p.reduce == kReduceConcat) {
         row[r] = ff_store<T>(product);
       } else {
         acc += product;
       }
     }
   }
-  if (p.reduce == kVmSum) {
+  if (p.reduce == kReduceSum) {
     acc = lanes_sum<LANES>(acc);
     if (active && lane == 0) out[n] = ff_store<T>(acc);
   }
@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(kThreads)
   const bool active = n < p.N;
   A pt[3] = {A(0), A(0), A(0)};
   const bool ok = active && vm_load_point<A>(xyz, p, n, pt);
-  const A g_sum = (ok && p.reduce == kVmSum) ? ff_load<A>(grad_out[n * g_sN]) : A(0);
+  const A g_sum = (ok && p.reduce == kReduceSum) ? ff_load<A>(grad_out[n * g_sN]) : A(0);
   A dxyz[3] = {A(0), A(0), A(0)};
 #pragma unroll
   for (int k = 0; k < 3; ++k) {
@@ -118,7 +118,7 @@ __global__ void __launch_bounds__(kThreads)
     const bool need_plane_values = line_grad != nullptr || grad_xyz != nullptr;
     A du = A(0), dv = A(0), dw = A(0);
     for (int64_t r = lane; r < R; r += LANES) {
-      const A g = p.reduce == kVmSum ? g_sum : ff_load<A>(grad_out[n * g_sN + (p.offset[k] + r) * g_sR]);
+      const A g = p.reduce == kReduceSum ? g_sum : ff_load<A>(grad_out[n * g_sN + (p.offset[k] + r) * g_sR]);
       A a0, a1;
       load_taps<A>(in.line[k], line_taps, r, line_sR, a0, a1);
       const A g_plane = g * vm_linear<A>(line_taps, a0, a1);  // d loss / d plane value

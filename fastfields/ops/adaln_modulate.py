@@ -7,20 +7,20 @@ The ``torch`` backend is :func:`fastfields.reference.adaln_modulate_reference`.
 
 Both compiled backends return, besides dx, two per-sample sums over the tokens,
 ``P = sum_l dout * xhat`` and ``Q = sum_l dout`` (``[B, D]``, float32); every parameter
-gradient follows from them in O(B * D) (:func:`_parameter_grads`).
+gradient follows from them in O(B * D) (:func:`_parameter_grads`). The op is described by
+``SPEC`` and registered by :func:`fastfields._op.define`.
 """
 
 from __future__ import annotations
 
 import numbers
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import torch
 
-from .. import _backend
 from .._checks import check_same_device, check_tensor
 from ..reference.adaln_modulate import adaln_modulate_reference
-from ._common import compiled_ops, grad_like
+from .._op import OpSpec, define, grad_like, reference_grads
 
 OP = "adaln_modulate"
 IMPLEMENTED = ("torch", "triton", "cpu")
@@ -58,24 +58,10 @@ def _check(x, shift, scale, weight, bias, gate, residual, eps) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Compiled backends, selected by name. The torch backend is the reference itself, called
-# directly so autograd and torch.compile see plain PyTorch.
-
-
-def _forward(backend: str, x, shift, scale, weight, bias, gate, residual, eps: float):
-    if backend == "triton":
-        from ..kernels.adaln_modulate import adaln_modulate_fwd
-
-        return adaln_modulate_fwd(x, shift, scale, weight, bias, gate, residual, eps)
-    return compiled_ops(backend).adaln_modulate_fwd(x, shift, scale, weight, bias, gate, residual, eps)
-
-
-def _backward(backend: str, grad_out, x, scale, weight, gate, mean, rstd):
-    if backend == "triton":
-        from ..kernels.adaln_modulate import adaln_modulate_bwd
-
-        return adaln_modulate_bwd(grad_out, x, scale, weight, gate, mean, rstd)
-    return compiled_ops(backend).adaln_modulate_bwd(grad_out, x, scale, weight, gate, mean, rstd)
+# The op spec. The torch backend is the reference itself, called directly so autograd and
+# torch.compile see plain PyTorch. The forward op also returns mean and 1/std per row
+# ([B, L], float32; float64 for float64 x), saved for the backward. Gradients of absent or
+# unrequested inputs are empty tensors.
 
 
 def _parameter_grads(P, Q, shift, scale, weight, bias, gate):
@@ -98,65 +84,22 @@ def _parameter_grads(P, Q, shift, scale, weight, bias, gate):
     return grad_shift, grad_scale, grad_weight, grad_bias, grad_gate
 
 
-def _reference_backward(grad_out, inputs, residual, eps, needs, create_graph=False):
-    """Gradients of (x, shift, scale, weight, bias, gate) through the reference (None where not needed)."""
-    with torch.enable_grad():
-        leaves = [t if t is None or create_graph else t.detach().requires_grad_(need) for t, need in zip(inputs, needs)]
-        x, shift, scale, weight, bias, gate = leaves
-        out = adaln_modulate_reference(x, shift, scale, weight=weight, bias=bias, eps=eps, gate=gate, residual=residual)
-        wanted = [t for t, need in zip(leaves, needs) if need]
-        grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=create_graph, allow_unused=True))
-    result = [next(grads) if need else None for need in needs]
-    return [torch.zeros_like(t) if need and g is None else g for g, t, need in zip(result, inputs, needs)]
-
-
-# ---------------------------------------------------------------------------------------
-# The custom ops. The forward also returns mean and 1/std per row ([B, L], float32; float64
-# for float64 x), saved for the backward. Gradients of absent or unrequested inputs are
-# empty tensors.
-
-
 def _stats_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-@torch.library.custom_op("fastfields::adaln_modulate", mutates_args=())
-def _adaln_modulate_op(
-    x: torch.Tensor,
-    shift: torch.Tensor,
-    scale: torch.Tensor,
-    weight: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor],
-    gate: Optional[torch.Tensor],
-    residual: Optional[torch.Tensor],
-    eps: float,
-    backend: str,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    out, mean, rstd = _forward(backend, x, shift, scale, weight, bias, gate, residual, eps)
+def _forward(x, shift, scale, weight, bias, gate, residual, eps, backend):
+    out, mean, rstd = SPEC.kernel(backend, "fwd")(x, shift, scale, weight, bias, gate, residual, eps)
     return out.contiguous(), mean, rstd
 
 
-@_adaln_modulate_op.register_fake
-def _(x, shift, scale, weight, bias, gate, residual, eps, backend):
+def _forward_fake(x, shift, scale, weight, bias, gate, residual, eps, backend):
     stats = x.new_empty(x.shape[:2], dtype=_stats_dtype(x))
     return x.new_empty(x.shape), stats, torch.empty_like(stats)
 
 
-@torch.library.custom_op("fastfields::adaln_modulate_backward", mutates_args=())
-def _adaln_modulate_backward_op(
-    grad_out: torch.Tensor,
-    x: torch.Tensor,
-    shift: torch.Tensor,
-    scale: torch.Tensor,
-    weight: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor],
-    gate: Optional[torch.Tensor],
-    mean: torch.Tensor,
-    rstd: torch.Tensor,
-    backend: str,
-    needs: List[bool],
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    grad_x, P, Q = _backward(backend, grad_out, x, scale, weight, gate, mean, rstd)
+def _backward(grad_out, x, shift, scale, weight, bias, gate, mean, rstd, backend, needs):
+    grad_x, P, Q = SPEC.kernel(backend, "bwd")(grad_out, x, scale, weight, gate, mean, rstd)
     grad_shift, grad_scale, grad_weight, grad_bias, grad_gate = _parameter_grads(P, Q, shift, scale, weight, bias, gate)
     grads = (grad_x, grad_shift, grad_scale, grad_weight, grad_bias, grad_gate)
     inputs = (x, shift, scale, weight, bias, gate)
@@ -165,8 +108,7 @@ def _adaln_modulate_backward_op(
     )
 
 
-@_adaln_modulate_backward_op.register_fake
-def _(grad_out, x, shift, scale, weight, bias, gate, mean, rstd, backend, needs):
+def _backward_fake(grad_out, x, shift, scale, weight, bias, gate, mean, rstd, backend, needs):
     inputs = (x, shift, scale, weight, bias, gate)
     return tuple(torch.empty_like(t) if t is not None and need else x.new_empty(0) for t, need in zip(inputs, needs))
 
@@ -179,23 +121,46 @@ def _setup_context(ctx, inputs, output):
     ctx.config = (eps, backend)
 
 
-def _autograd_backward(ctx, grad_out, _grad_mean, _grad_rstd):
+def _grads(ctx, grad_out, _grad_mean, _grad_rstd):
+    """Gradients to (x, shift, scale, weight, bias, gate, residual)."""
     x, shift, scale, weight, bias, gate, residual, mean, rstd = ctx.saved_tensors
     eps, backend = ctx.config
     inputs = (x, shift, scale, weight, bias, gate)
     needs = [bool(need) and t is not None for need, t in zip(ctx.needs_input_grad[:6], inputs)]
     if torch.is_grad_enabled():
         # create_graph=True: a differentiable backward through the reference.
-        grads = _reference_backward(grad_out, inputs, residual, eps, needs, create_graph=True)
+        def reference(x, shift, scale, weight, bias, gate):
+            return adaln_modulate_reference(x, shift, scale, weight=weight, bias=bias, eps=eps, gate=gate,
+                                            residual=residual)
+
+        grads = reference_grads(reference, inputs, needs, grad_out)
     else:
-        grads = torch.ops.fastfields.adaln_modulate_backward(
-            grad_out, x, shift, scale, weight, bias, gate, mean, rstd, backend, needs
-        )
+        grads = _adaln_modulate_backward_op(grad_out, x, shift, scale, weight, bias, gate, mean, rstd, backend, needs)
+    grads = [g if need else None for g, need in zip(grads, needs)]
     grad_residual = grad_out.to(residual.dtype) if residual is not None and ctx.needs_input_grad[6] else None
-    return tuple(g if need else None for g, need in zip(grads, needs)) + (grad_residual, None, None)
+    return (*grads, grad_residual)
 
 
-_adaln_modulate_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+SPEC = OpSpec(
+    name=OP,
+    schema="(Tensor x, Tensor shift, Tensor scale, Tensor? weight, Tensor? bias, Tensor? gate, Tensor? residual, "
+           "float eps, str backend) -> (Tensor, Tensor, Tensor)",
+    impl=_forward,
+    fake=_forward_fake,
+    backends=IMPLEMENTED,
+    kernels=OP,
+    backward=OpSpec(
+        name=f"{OP}_backward",
+        schema="(Tensor grad_out, Tensor x, Tensor shift, Tensor scale, Tensor? weight, Tensor? bias, Tensor? gate, "
+               "Tensor mean, Tensor rstd, str backend, bool[] needs) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+        impl=_backward,
+        fake=_backward_fake,
+    ),
+    setup_context=_setup_context,
+    grads=_grads,
+)
+_adaln_modulate_op = define(SPEC)
+_adaln_modulate_backward_op = torch.ops.fastfields.adaln_modulate_backward
 
 
 def adaln_modulate(
@@ -241,8 +206,8 @@ def adaln_modulate(
         torch.Size([2, 3072, 512])
     """
     _check(x, shift, scale, weight, bias, gate, residual, eps)
-    name = _backend.resolve(OP, backend, x.device, IMPLEMENTED)
+    name = SPEC.resolve(backend, x.device)
     if name == "torch":
         return adaln_modulate_reference(x, shift, scale, weight=weight, bias=bias, eps=eps, gate=gate, residual=residual)
-    out, _, _ = torch.ops.fastfields.adaln_modulate(x, shift, scale, weight, bias, gate, residual, float(eps), name)
+    out, _, _ = _adaln_modulate_op(x, shift, scale, weight, bias, gate, residual, float(eps), name)
     return out

@@ -14,13 +14,14 @@ FlashAttention-2 / cuDNN kernels on GPUs, and the Triton kernel stays opt-in
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .. import _backend
 from .._checks import check_finite_float, check_same_device, check_tensor
+from .._op import OpSpec, define, reference_grads
 from ..reference.attention import attention_reference
 
 OP = "attention"
@@ -51,64 +52,29 @@ def _check(q, k, v, scale) -> None:
 
 def _resolve(backend: str, device: torch.device) -> str:
     explicit = backend != "auto" or os.environ.get(_backend.ENV_VAR, "auto") != "auto"
-    return _backend.resolve(OP, backend, device, IMPLEMENTED if explicit else AUTO_CANDIDATES)
+    return SPEC.resolve(backend, device, candidates=IMPLEMENTED if explicit else AUTO_CANDIDATES)
 
 
 def _default_scale(q: torch.Tensor) -> float:
     return q.shape[-1] ** -0.5 if q.shape[-1] > 0 else 1.0
 
 
-def _reference_backward(grad_out, q, k, v, scale, needs, create_graph=False):
+def _reference_backward(grad_out, q, k, v, scale, needs):
     # SDPA's math kernel: the flash / efficient kernels have no double backward.
-    with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-        inputs = [t if create_graph else t.detach().requires_grad_(True) for t in (q, k, v)]
-        out = attention_reference(*inputs, scale=scale)
-        wanted = [t for t, need in zip(inputs, needs) if need]
-        grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=create_graph))
-    return [next(grads) if need else None for need in needs]
+    return reference_grads(lambda q, k, v: attention_reference(q, k, v, scale=scale), (q, k, v), needs, grad_out,
+                           context=lambda: sdpa_kernel(SDPBackend.MATH))
 
 
 # ---------------------------------------------------------------------------------------
-# The custom ops. The forward also returns the per-query log-sum-exp (base 2, float32),
-# saved for the backward. The output is stored as [B, Lq, H, Dh] (a transposed view):
-# merging the heads afterwards costs nothing.
+# The op spec (Triton only). The forward also returns the per-query log-sum-exp (base 2,
+# float32), saved for the backward. The output is stored as [B, Lq, H, Dh] (a transposed
+# view): merging the heads afterwards costs nothing.
 
 
-@torch.library.custom_op("fastfields::attention", mutates_args=())
-def _attention_op(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, backend: str
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    from ..kernels.attention import attention_fwd
-
-    return attention_fwd(q, k, v, scale)
-
-
-@_attention_op.register_fake
-def _(q, k, v, scale, backend):
+def _forward_fake(q, k, v, scale, backend):
     B, H, Lq, Dh = q.shape
     out = q.new_empty((B, Lq, H, Dh)).transpose(1, 2)
     return out, q.new_empty((B, H, Lq), dtype=torch.float32)
-
-
-@torch.library.custom_op("fastfields::attention_backward", mutates_args=())
-def _attention_backward_op(
-    grad_out: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    scale: float,
-    backend: str,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from ..kernels.attention import attention_bwd
-
-    return attention_bwd(grad_out, q, k, v, out, lse, scale)
-
-
-@_attention_backward_op.register_fake
-def _(grad_out, q, k, v, out, lse, scale, backend):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
@@ -119,19 +85,34 @@ def _setup_context(ctx, inputs, output):
     ctx.config = (scale, backend)
 
 
-def _autograd_backward(ctx, grad_out, _grad_lse):
+def _grads(ctx, grad_out, _grad_lse):
     q, k, v, out, lse = ctx.saved_tensors
     scale, backend = ctx.config
-    needs = ctx.needs_input_grad[:3]
     if torch.is_grad_enabled():
         # create_graph=True: a differentiable backward through SDPA's math kernel.
-        grads = _reference_backward(grad_out, q, k, v, scale, needs, create_graph=True)
-    else:
-        grads = torch.ops.fastfields.attention_backward(grad_out, q, k, v, out, lse, scale, backend)
-    return tuple(g if need else None for g, need in zip(grads, needs)) + (None, None)
+        return _reference_backward(grad_out, q, k, v, scale, ctx.needs_input_grad[:3])
+    return torch.ops.fastfields.attention_backward(grad_out, q, k, v, out, lse, scale, backend)
 
 
-_attention_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+SPEC = OpSpec(
+    name=OP,
+    schema="(Tensor q, Tensor k, Tensor v, float scale, str backend) -> (Tensor, Tensor)",
+    impl=lambda q, k, v, scale, backend: SPEC.kernel(backend, "fwd")(q, k, v, scale),
+    fake=_forward_fake,
+    backends=IMPLEMENTED,
+    kernels=OP,
+    backward=OpSpec(
+        name=f"{OP}_backward",
+        schema="(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float scale, str backend) -> "
+               "(Tensor, Tensor, Tensor)",
+        impl=lambda grad_out, q, k, v, out, lse, scale, backend: SPEC.kernel(backend, "bwd")(
+            grad_out, q, k, v, out, lse, scale),
+        fake=lambda grad_out, q, k, v, *_: (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)),
+    ),
+    setup_context=_setup_context,
+    grads=_grads,
+)
+_attention_op = define(SPEC)
 
 
 def attention(
@@ -175,5 +156,5 @@ def attention(
         raise TypeError(f"{OP}: backend='triton' takes float16, bfloat16 or float32, got {q.dtype}; use backend='torch'")
     if q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"{OP}: backend='triton' takes head dims up to {MAX_HEAD_DIM}, got {q.shape[-1]}; use backend='torch'")
-    out, _ = torch.ops.fastfields.attention(q, k, v, float(_default_scale(q) if scale is None else scale), name)
+    out, _ = _attention_op(q, k, v, float(_default_scale(q) if scale is None else scale), name)
     return out

@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .. import _backend
+from .._enums import DensityActivation, Geometry
 from .._checks import FLOAT_DTYPES, check_bool, check_choice, check_coords_dtype, check_not_meta, check_same_device, check_tensor
 from ..reference.composite import (
     ACTIVATIONS,
@@ -32,17 +32,17 @@ from ..reference.composite import (
     composite_reference,
     compute_dtype,
 )
-from ._common import compiled_ops, grad_like
+from .._op import OpSpec, compiled_ops, define, grad_like
 
 OP = "composite"
 OP_PACKED = "composite_packed"
 IMPLEMENTED = ("torch", "triton", "cuda", "cpu")
 
-ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
+ACTIVATION_CODES = DensityActivation.codes(ACTIVATIONS)
 # How the kernels read a ray's samples (csrc/include/fastfields/composite.h):
-GEOM_DELTAS = 0  # dense nerf: a = deltas, b = t (optional)
-GEOM_INTERVALS = 1  # packed: a = t_starts, b = t_ends
-GEOM_MIDPOINTS = 2  # dense eg3d: a = t, intervals between consecutive samples
+GEOM_DELTAS = int(Geometry.DELTAS)  # dense nerf: a = deltas, b = t (optional)
+GEOM_INTERVALS = int(Geometry.INTERVALS)  # packed: a = t_starts, b = t_ends
+GEOM_MIDPOINTS = int(Geometry.MIDPOINTS)  # dense eg3d: a = t, intervals between consecutive samples
 
 Outputs = Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]
 
@@ -188,24 +188,8 @@ def _checked_offsets(backend: str, ray_indices: torch.Tensor, n_rays: int) -> to
 
 def _forward(backend, sigmas, rgbs, a, b, offsets, geometry, activation, bias, scale, t_threshold, return_weights):
     eps = EG3D_TRANSMITTANCE_EPS if geometry == GEOM_MIDPOINTS else 0.0
-    if backend == "triton":
-        from ..kernels.composite import composite_fwd
-
-        return composite_fwd(sigmas, rgbs, a, b, offsets, geometry, ACTIVATION_CODES[activation], bias, scale, eps,
-                             t_threshold, return_weights)
-    return compiled_ops(backend).composite_fwd(sigmas, rgbs, a, b, offsets, geometry, ACTIVATION_CODES[activation],
-                                               bias, scale, eps, t_threshold, return_weights)
-
-
-def _backward(backend, grads, sigmas, rgbs, a, b, offsets, geometry, activation, bias, scale, needs):
-    eps = EG3D_TRANSMITTANCE_EPS if geometry == GEOM_MIDPOINTS else 0.0
-    if backend == "triton":
-        from ..kernels.composite import composite_bwd
-
-        return composite_bwd(*grads, sigmas, rgbs, a, b, offsets, geometry, ACTIVATION_CODES[activation], bias, scale,
-                             eps, *needs)
-    return compiled_ops(backend).composite_bwd(*grads, sigmas, rgbs, a, b, offsets, geometry,
-                                               ACTIVATION_CODES[activation], bias, scale, eps, *needs)
+    return DENSE.kernel(backend, "fwd")(sigmas, rgbs, a, b, offsets, geometry, ACTIVATION_CODES[activation], bias,
+                                        scale, eps, t_threshold, return_weights)
 
 
 def _dense_geometry(deltas, t, mode):
@@ -219,53 +203,28 @@ def _dense_output_shapes(sigmas, rgbs, has_t, mode, return_weights):
 
 
 # ---------------------------------------------------------------------------------------
-# The custom ops. They return the foreground colour, depth, opacity and weights in the
-# accumulation dtype (float32, float64 for float64 colours); the public functions add the
+# The op specs. The forward ops return the foreground colour, depth, opacity and weights in
+# the accumulation dtype (float32, float64 for float64 colours); the public functions add the
 # background and cast. Absent outputs (depth without t, weights not asked for) are empty.
 
 
-@torch.library.custom_op("fastfields::composite", mutates_args=())
-def _composite_op(
-    sigmas: torch.Tensor,
-    rgbs: torch.Tensor,
-    deltas: Optional[torch.Tensor],
-    t: Optional[torch.Tensor],
-    mode: str,
-    density_activation: str,
-    density_bias: float,
-    distance_scale: float,
-    t_threshold: float,
-    return_weights: bool,
-    backend: str,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _dense_impl(sigmas, rgbs, deltas, t, mode, density_activation, density_bias, distance_scale, t_threshold,
+                return_weights, backend):
     geometry, a, b = _dense_geometry(deltas, t, mode)
     rgb, depth, opacity, weights = _forward(backend, sigmas, rgbs, a, b, None, geometry, density_activation,
                                             density_bias, distance_scale, t_threshold, return_weights)
     return rgb, depth if t is not None else depth.new_empty(0), opacity, weights
 
 
-@_composite_op.register_fake
-def _(sigmas, rgbs, deltas, t, mode, density_activation, density_bias, distance_scale, t_threshold, return_weights, backend):
+def _dense_fake(sigmas, rgbs, deltas, t, mode, density_activation, density_bias, distance_scale, t_threshold,
+                return_weights, backend):
     dtype = compute_dtype(rgbs)
     shapes = _dense_output_shapes(sigmas, rgbs, t is not None, mode, return_weights)
     return tuple(sigmas.new_empty(shape, dtype=dtype) for shape in shapes)
 
 
-@torch.library.custom_op("fastfields::composite_packed", mutates_args=())
-def _composite_packed_op(
-    sigmas: torch.Tensor,
-    rgbs: torch.Tensor,
-    t_starts: torch.Tensor,
-    t_ends: torch.Tensor,
-    ray_indices: torch.Tensor,
-    n_rays: int,
-    density_activation: str,
-    density_bias: float,
-    distance_scale: float,
-    t_threshold: float,
-    return_weights: bool,
-    backend: str,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _packed_impl(sigmas, rgbs, t_starts, t_ends, ray_indices, n_rays, density_activation, density_bias,
+                 distance_scale, t_threshold, return_weights, backend):
     """Also returns the ``[n_rays + 1]`` ray offsets, for the backward."""
     offsets = _checked_offsets(backend, ray_indices, n_rays)
     outputs = _forward(backend, sigmas, rgbs, t_starts, t_ends, offsets, GEOM_INTERVALS, density_activation,
@@ -273,9 +232,8 @@ def _composite_packed_op(
     return (*outputs, offsets)
 
 
-@_composite_packed_op.register_fake
-def _(sigmas, rgbs, t_starts, t_ends, ray_indices, n_rays, density_activation, density_bias, distance_scale, t_threshold,
-      return_weights, backend):
+def _packed_fake(sigmas, rgbs, t_starts, t_ends, ray_indices, n_rays, density_activation, density_bias,
+                 distance_scale, t_threshold, return_weights, backend):
     dtype = compute_dtype(rgbs)
     C = rgbs.shape[1]
     shapes = [n_rays, C], [n_rays], [n_rays], [sigmas.shape[0]] if return_weights else [0]
@@ -283,40 +241,19 @@ def _(sigmas, rgbs, t_starts, t_ends, ray_indices, n_rays, density_activation, d
     return (*outputs, ray_indices.new_empty(n_rays + 1))
 
 
-@torch.library.custom_op("fastfields::composite_backward", mutates_args=())
-def _composite_backward_op(
-    grad_rgb: torch.Tensor,
-    grad_depth: Optional[torch.Tensor],
-    grad_opacity: torch.Tensor,
-    grad_weights: Optional[torch.Tensor],
-    total: torch.Tensor,
-    sigmas: torch.Tensor,
-    rgbs: torch.Tensor,
-    a: torch.Tensor,
-    b: Optional[torch.Tensor],
-    offsets: Optional[torch.Tensor],
-    geometry: int,
-    density_activation: str,
-    density_bias: float,
-    distance_scale: float,
-    backend: str,
-    need_sigmas: bool,
-    need_rgbs: bool,
-    need_a: bool,
-    need_b: bool,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward_impl(grad_rgb, grad_depth, grad_opacity, grad_weights, total, sigmas, rgbs, a, b, offsets, geometry,
+                   density_activation, density_bias, distance_scale, backend, need_sigmas, need_rgbs, need_a, need_b):
     """Gradients to sigmas, rgbs, a and b (see GEOM_*), each empty when not needed."""
-    grads = (grad_rgb, grad_depth, grad_opacity, grad_weights, total)
+    eps = EG3D_TRANSMITTANCE_EPS if geometry == GEOM_MIDPOINTS else 0.0
     needs = (need_sigmas, need_rgbs, need_a, need_b)
-    results = _backward(backend, grads, sigmas, rgbs, a, b, offsets, geometry, density_activation, density_bias,
-                        distance_scale, needs)
+    results = DENSE.kernel(backend, "bwd")(grad_rgb, grad_depth, grad_opacity, grad_weights, total, sigmas, rgbs, a,
+                                           b, offsets, geometry, ACTIVATION_CODES[density_activation], density_bias,
+                                           distance_scale, eps, *needs)
     return tuple(grad_like(g, x) if need else sigmas.new_empty(0) for g, x, need in zip(results, (sigmas, rgbs, a, b), needs))
 
 
-@_composite_backward_op.register_fake
-def _(grad_rgb, grad_depth, grad_opacity, grad_weights, total, sigmas, rgbs, a, b, offsets, geometry,
-      density_activation, density_bias, distance_scale, backend, need_sigmas, need_rgbs, need_a, need_b):
-    needs = (need_sigmas, need_rgbs, need_a, need_b)
+def _backward_fake(grad_rgb, grad_depth, grad_opacity, grad_weights, total, sigmas, rgbs, a, b, *options):
+    needs = options[-4:]
     return tuple(torch.empty_like(x) if need else sigmas.new_empty(0) for x, need in zip((sigmas, rgbs, a, b), needs))
 
 
@@ -352,7 +289,7 @@ def _geometry_gradients(ctx, grad_rgb, grad_depth, grad_opacity, grad_weights, n
     grad_depth = grad_depth.to(dtype) if grad_depth is not None and ctx.has_depth else None
     grad_weights = grad_weights.to(dtype) if grad_weights is not None and ctx.return_weights else None
     total = _per_ray_total(grad_rgb, grad_depth, grad_opacity, grad_weights, rgb, depth, opacity, weights, ray_indices)
-    return torch.ops.fastfields.composite_backward(
+    return _composite_backward_op(
         grad_rgb, grad_depth, grad_opacity, grad_weights, total, sigmas, rgbs, a, b, offsets, ctx.geometry,
         ctx.density_activation, ctx.density_bias, ctx.distance_scale, ctx.backend, *needs
     )
@@ -364,14 +301,13 @@ def _setup_dense(ctx, inputs, output):
     _setup_context(ctx, inputs, output, geometry, a, b, None, (activation, bias, scale, t_threshold, return_weights, backend))
 
 
-def _backward_dense(ctx, grad_rgb, grad_depth, grad_opacity, grad_weights):
+def _grads_dense(ctx, grad_rgb, grad_depth, grad_opacity, grad_weights):
+    """Gradients to (sigmas, rgbs, deltas, t): eg3d mode reads its intervals from t."""
     need_sigmas, need_rgbs, need_deltas, need_t = ctx.needs_input_grad[:4]
     eg3d = ctx.geometry == GEOM_MIDPOINTS
     needs = (need_sigmas, need_rgbs) + ((need_t, False) if eg3d else (need_deltas, need_t))
     g_sigmas, g_rgbs, g_a, g_b = _geometry_gradients(ctx, grad_rgb, grad_depth, grad_opacity, grad_weights, needs)
-    g_deltas, g_t = (None, g_a) if eg3d else (g_a, g_b)
-    grads = (g_sigmas, g_rgbs, g_deltas, g_t)
-    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:4])) + (None,) * 7
+    return (g_sigmas, g_rgbs) + ((None, g_a) if eg3d else (g_a, g_b))
 
 
 def _setup_packed(ctx, inputs, output):
@@ -380,14 +316,48 @@ def _setup_packed(ctx, inputs, output):
     _setup_context(ctx, inputs, output, GEOM_INTERVALS, t_starts, t_ends, ray_indices, options)
 
 
-def _backward_packed(ctx, grad_rgb, grad_depth, grad_opacity, grad_weights, _grad_offsets):
-    needs = tuple(ctx.needs_input_grad[:4])
-    grads = _geometry_gradients(ctx, grad_rgb, grad_depth, grad_opacity, grad_weights, needs)
-    return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * 8
+def _grads_packed(ctx, grad_rgb, grad_depth, grad_opacity, grad_weights, _grad_offsets):
+    """Gradients to (sigmas, rgbs, t_starts, t_ends)."""
+    return _geometry_gradients(ctx, grad_rgb, grad_depth, grad_opacity, grad_weights, tuple(ctx.needs_input_grad[:4]))
 
 
-_composite_op.register_autograd(_backward_dense, setup_context=_setup_dense)
-_composite_packed_op.register_autograd(_backward_packed, setup_context=_setup_packed)
+_OPTIONS = "str density_activation, float density_bias, float distance_scale, float t_threshold, bool return_weights, str backend"
+
+BACKWARD = OpSpec(
+    name="composite_backward",
+    schema="(Tensor grad_rgb, Tensor? grad_depth, Tensor grad_opacity, Tensor? grad_weights, Tensor total, "
+           "Tensor sigmas, Tensor rgbs, Tensor a, Tensor? b, Tensor? offsets, SymInt geometry, str density_activation, "
+           "float density_bias, float distance_scale, str backend, bool need_sigmas, bool need_rgbs, bool need_a, "
+           "bool need_b) -> (Tensor, Tensor, Tensor, Tensor)",
+    impl=_backward_impl,
+    fake=_backward_fake,
+)
+DENSE = OpSpec(
+    name=OP,
+    schema=f"(Tensor sigmas, Tensor rgbs, Tensor? deltas, Tensor? t, str mode, {_OPTIONS}) -> "
+           "(Tensor, Tensor, Tensor, Tensor)",
+    impl=_dense_impl,
+    fake=_dense_fake,
+    backends=IMPLEMENTED,
+    kernels="composite",
+    backward=BACKWARD,
+    setup_context=_setup_dense,
+    grads=_grads_dense,
+)
+PACKED = OpSpec(
+    name=OP_PACKED,
+    schema=f"(Tensor sigmas, Tensor rgbs, Tensor t_starts, Tensor t_ends, Tensor ray_indices, SymInt n_rays, "
+           f"{_OPTIONS}) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    impl=_packed_impl,
+    fake=_packed_fake,
+    backends=IMPLEMENTED,
+    kernels="composite",
+    setup_context=_setup_packed,
+    grads=_grads_packed,
+)
+_composite_op = define(DENSE)
+_composite_packed_op = define(PACKED)
+_composite_backward_op = torch.ops.fastfields.composite_backward
 
 
 def _finish(rgb, depth, opacity, weights, background, dtype) -> Outputs:
@@ -464,12 +434,12 @@ def composite(
     _check_dense(sigmas, rgbs, deltas, t, background, mode)
     _check_options(OP, density_activation, density_bias, distance_scale, return_weights, t_threshold)
     _check_inference_only(OP, t_threshold, (sigmas, rgbs, deltas, t, background))
-    name = _backend.resolve(OP, backend, rgbs.device, IMPLEMENTED)
+    name = DENSE.resolve(backend, rgbs.device)
     options = dict(density_activation=density_activation, density_bias=float(density_bias),
                    distance_scale=float(distance_scale), return_weights=return_weights, t_threshold=float(t_threshold))
     if name == "torch":
         return composite_reference(sigmas, rgbs, deltas, t=t, background=background, mode=mode, **options)
-    rgb, depth, opacity, weights = torch.ops.fastfields.composite(
+    rgb, depth, opacity, weights = _composite_op(
         sigmas, rgbs, deltas, t, mode, density_activation, float(density_bias), float(distance_scale),
         float(t_threshold), return_weights, name
     )
@@ -517,7 +487,7 @@ def composite_packed(
     _check_packed(sigmas, rgbs, t_starts, t_ends, ray_indices, n_rays, background)
     _check_options(OP_PACKED, density_activation, density_bias, distance_scale, return_weights, t_threshold)
     _check_inference_only(OP_PACKED, t_threshold, (sigmas, rgbs, t_starts, t_ends, background))
-    name = _backend.resolve(OP_PACKED, backend, rgbs.device, IMPLEMENTED)
+    name = PACKED.resolve(backend, rgbs.device)
     if name == "torch":
         if not torch.compiler.is_compiling():
             check_ray_indices(ray_indices, n_rays)
@@ -526,7 +496,7 @@ def composite_packed(
             density_activation=density_activation, density_bias=float(density_bias),
             distance_scale=float(distance_scale), return_weights=return_weights, t_threshold=float(t_threshold),
         )
-    rgb, depth, opacity, weights, _ = torch.ops.fastfields.composite_packed(
+    rgb, depth, opacity, weights, _ = _composite_packed_op(
         sigmas, rgbs, t_starts, t_ends, ray_indices, n_rays, density_activation, float(density_bias),
         float(distance_scale), float(t_threshold), return_weights, name
     )

@@ -1,8 +1,8 @@
 """``tensorf_vm_sample``: TensoRF's vector-matrix (VM) lookup, plane times line, fused with its reduction.
 
 The public function validates its arguments, picks a backend and calls the custom op
-``fastfields::tensorf_vm_sample``; autograd is registered on that op and calls
-``fastfields::tensorf_vm_sample_backward``. Every backend implements the same contract,
+``fastfields::tensorf_vm_sample`` (described by ``SPEC``, registered by
+:func:`fastfields._op.define`), whose autograd calls ``fastfields::tensorf_vm_sample_backward``. Every backend implements the same contract,
 the ``torch`` one being :func:`fastfields.reference.tensorf_vm_sample_reference`.
 """
 
@@ -12,7 +12,7 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-from .. import _backend
+from .._enums import Padding, Reduce
 from .._checks import (
     FLOAT_DTYPES,
     check_bool,
@@ -23,7 +23,7 @@ from .._checks import (
     check_tensor,
 )
 from ..reference.tensorf_vm_sample import tensorf_vm_sample_reference
-from ._common import compiled_ops, grad_like
+from .._op import OpSpec, backward_or_reference, define, gradients, gradients_fake, save_inputs
 
 OP = "tensorf_vm_sample"
 IMPLEMENTED = ("torch", "triton", "cuda", "cpu")
@@ -44,9 +44,9 @@ TENSORF_VM = dict(mat_mode=TENSORF_MAT_MODE, vec_mode=TENSORF_VEC_MODE, padding=
 ZERORF_VM = dict(mat_mode=((0, 1), (1, 2), (2, 0)), vec_mode=(0, 0, 0), padding="border", align_corners=False)
 
 REDUCTIONS = ("concat", "sum")
-REDUCE_CODES = {name: code for code, name in enumerate(REDUCTIONS)}
+REDUCE_CODES = Reduce.codes(REDUCTIONS)
 PADDINGS = ("zeros", "border")
-PADDING_CODES = {name: code for code, name in enumerate(PADDINGS)}
+PADDING_CODES = Padding.codes(PADDINGS)
 
 PLANES_LAYOUT = "[3, R, H, W] or three [R_k, H_k, W_k] (or TensoRF's [1, R_k, H_k, W_k])"
 LINES_LAYOUT = "[3, R, L] or three [R_k, L_k] (or TensoRF's [1, R_k, L_k, 1])"
@@ -153,25 +153,21 @@ def _check(planes: List[torch.Tensor], lines: List[torch.Tensor], xyz, reduce, a
 
 
 # ---------------------------------------------------------------------------------------
-# Compiled backends (forward and backward), selected by name. The torch backend is the
-# reference itself, called directly so autograd and torch.compile see plain PyTorch.
+# The op spec. The torch backend is the reference itself, called directly so autograd and
+# torch.compile see plain PyTorch. The custom ops take the planes and lines as six tensors;
+# gradients come back in the layout of their input, unrequested ones as empty tensors.
 
 
 def _pairs(mat_mode: List[int]):
     return tuple((mat_mode[2 * k], mat_mode[2 * k + 1]) for k in range(3))
 
 
-def _differentiable_backward(grad_out, tensors, mat_mode, vec_mode, reduce, align_corners, padding, needs):
-    """The backward of the reference, itself differentiable (for create_graph=True)."""
-    with torch.enable_grad():
-        wanted = [t for t, need in zip(tensors, needs) if need]
-        out = tensorf_vm_sample_reference(
-            tensors[0:3], tensors[3:6], tensors[6],
-            reduce=reduce, align_corners=align_corners, padding=padding, mat_mode=_pairs(mat_mode), vec_mode=vec_mode,
-        )
-        grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
-    result = [next(grads) if need else None for need in needs]
-    return [g if g is not None or not need else torch.zeros_like(t) for g, t, need in zip(result, tensors, needs)]
+def _reference(plane0, plane1, plane2, line0, line1, line2, xyz, mat_mode, vec_mode, reduce, align_corners, padding,
+               backend="torch"):
+    return tensorf_vm_sample_reference(
+        [plane0, plane1, plane2], [line0, line1, line2], xyz, reduce=reduce, align_corners=align_corners,
+        padding=padding, mat_mode=_pairs(mat_mode), vec_mode=vec_mode,
+    )
 
 
 def _gather_layout(planes: List[torch.Tensor], n_points: int) -> List[torch.Tensor]:
@@ -182,129 +178,61 @@ def _gather_layout(planes: List[torch.Tensor], n_points: int) -> List[torch.Tens
     return [p.permute(1, 2, 0).contiguous().permute(2, 0, 1) if c else p for p, c in zip(planes, copy)]
 
 
-def _forward(backend: str, planes, lines, xyz, mat_mode, vec_mode, reduce, align_corners, padding) -> torch.Tensor:
-    planes = _gather_layout(planes, xyz.shape[0])
-    if backend == "triton":
-        from ..kernels.tensorf_vm_sample import tensorf_vm_sample_fwd
-
-        return tensorf_vm_sample_fwd(planes, lines, xyz, mat_mode, vec_mode, reduce, align_corners, padding)
-    return compiled_ops(backend).tensorf_vm_sample_fwd(
-        planes, lines, xyz, mat_mode, vec_mode, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding]
-    )
-
-
-def _backward(backend: str, grad_out, planes, lines, xyz, mat_mode, vec_mode, reduce, align_corners, padding, needs):
-    need_planes, need_lines, need_xyz = needs
-    if need_lines or need_xyz:  # plane values are read
-        planes = _gather_layout(planes, xyz.shape[0])
-    if backend == "triton":
-        from ..kernels.tensorf_vm_sample import tensorf_vm_sample_bwd
-
-        return tensorf_vm_sample_bwd(
-            grad_out, planes, lines, xyz, mat_mode, vec_mode, reduce, align_corners, padding,
-            need_planes, need_lines, need_xyz,
-        )
-    grads = compiled_ops(backend).tensorf_vm_sample_bwd(
-        grad_out, planes, lines, xyz, mat_mode, vec_mode, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding],
-        need_planes, need_lines, need_xyz,
-    )
-    return [g if need else None for g, need in zip(grads, [need_planes] * 3 + [need_lines] * 3 + [need_xyz])]
-
-
-# ---------------------------------------------------------------------------------------
-# The custom ops. Gradients come back in the layout of their input (empty_like), so the
-# fake implementations can promise strides; unrequested gradients are empty tensors.
-
-
-@torch.library.custom_op("fastfields::tensorf_vm_sample", mutates_args=())
-def _tensorf_vm_sample_op(
-    plane0: torch.Tensor,
-    plane1: torch.Tensor,
-    plane2: torch.Tensor,
-    line0: torch.Tensor,
-    line1: torch.Tensor,
-    line2: torch.Tensor,
-    xyz: torch.Tensor,
-    mat_mode: List[int],
-    vec_mode: List[int],
-    reduce: str,
-    align_corners: bool,
-    padding: str,
-    backend: str,
-) -> torch.Tensor:
+def _forward(plane0, plane1, plane2, line0, line1, line2, xyz, mat_mode, vec_mode, reduce, align_corners, padding,
+             backend):
     planes, lines = [plane0, plane1, plane2], [line0, line1, line2]
     if xyz.shape[0] == 0:
         return plane0.new_zeros(output_shape(planes, xyz, reduce))
-    return _forward(backend, planes, lines, xyz, mat_mode, vec_mode, reduce, align_corners, padding).contiguous()
+    launch = SPEC.kernel(backend, "fwd")
+    return launch(_gather_layout(planes, xyz.shape[0]), lines, xyz, mat_mode, vec_mode, REDUCE_CODES[reduce],
+                  align_corners, PADDING_CODES[padding]).contiguous()
 
 
-@_tensorf_vm_sample_op.register_fake
-def _(plane0, plane1, plane2, line0, line1, line2, xyz, mat_mode, vec_mode, reduce, align_corners, padding, backend):
-    return plane0.new_empty(output_shape([plane0, plane1, plane2], xyz, reduce))
-
-
-@torch.library.custom_op("fastfields::tensorf_vm_sample_backward", mutates_args=())
-def _tensorf_vm_sample_backward_op(
-    grad_out: torch.Tensor,
-    plane0: torch.Tensor,
-    plane1: torch.Tensor,
-    plane2: torch.Tensor,
-    line0: torch.Tensor,
-    line1: torch.Tensor,
-    line2: torch.Tensor,
-    xyz: torch.Tensor,
-    mat_mode: List[int],
-    vec_mode: List[int],
-    reduce: str,
-    align_corners: bool,
-    padding: str,
-    backend: str,
-    need_planes: bool,
-    need_lines: bool,
-    need_xyz: bool,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward(grad_out, plane0, plane1, plane2, line0, line1, line2, xyz, mat_mode, vec_mode, reduce, align_corners,
+              padding, backend, need_planes, need_lines, need_xyz):
     tensors = (plane0, plane1, plane2, line0, line1, line2, xyz)
     needs = [need_planes] * 3 + [need_lines] * 3 + [need_xyz]
-    if xyz.shape[0] == 0:
-        grads = [None] * 7
-    else:
-        grads = _backward(
-            backend, grad_out, [plane0, plane1, plane2], [line0, line1, line2], xyz, mat_mode, vec_mode, reduce,
-            align_corners, padding, (need_planes, need_lines, need_xyz),
+    grads = [None] * 7
+    if xyz.shape[0] > 0:
+        planes = [plane0, plane1, plane2]
+        if need_lines or need_xyz:  # plane values are read
+            planes = _gather_layout(planes, xyz.shape[0])
+        grads = SPEC.kernel(backend, "bwd")(
+            grad_out, planes, [line0, line1, line2], xyz, mat_mode, vec_mode, REDUCE_CODES[reduce], align_corners,
+            PADDING_CODES[padding], need_planes, need_lines, need_xyz,
         )
-    return tuple(grad_like(g, t) if need else t.new_empty(0) for g, t, need in zip(grads, tensors, needs))
+    return gradients(grads, tensors, needs)
 
 
-@_tensorf_vm_sample_backward_op.register_fake
-def _(grad_out, plane0, plane1, plane2, line0, line1, line2, xyz, mat_mode, vec_mode, reduce, align_corners, padding,
-      backend, need_planes, need_lines, need_xyz):
-    tensors = (plane0, plane1, plane2, line0, line1, line2, xyz)
-    needs = [need_planes] * 3 + [need_lines] * 3 + [need_xyz]
-    return tuple(torch.empty_like(t) if need else t.new_empty(0) for t, need in zip(tensors, needs))
+def _backward_fake(grad_out, *args):
+    need_planes, need_lines, need_xyz = args[-3:]
+    return gradients_fake(args[:7], [need_planes] * 3 + [need_lines] * 3 + [need_xyz])
 
 
-def _setup_context(ctx, inputs, output):
-    *tensors, mat_mode, vec_mode, reduce, align_corners, padding, backend = inputs
-    ctx.save_for_backward(*tensors)
-    ctx.config = (mat_mode, vec_mode, reduce, align_corners, padding, backend)
+_TENSORS = "Tensor plane0, Tensor plane1, Tensor plane2, Tensor line0, Tensor line1, Tensor line2, Tensor xyz"
+_OPTIONS = "SymInt[] mat_mode, SymInt[] vec_mode, str reduce, bool align_corners, str padding, str backend"
 
-
-def _autograd_backward(ctx, grad_out):
-    tensors = ctx.saved_tensors
-    mat_mode, vec_mode, reduce, align_corners, padding, backend = ctx.config
-    needs = ctx.needs_input_grad[:7]
-    if torch.is_grad_enabled():
-        # create_graph=True: a differentiable backward through the reference.
-        grads = _differentiable_backward(grad_out, tensors, mat_mode, vec_mode, reduce, align_corners, padding, needs)
-    else:
-        grads = torch.ops.fastfields.tensorf_vm_sample_backward(
-            grad_out, *tensors, mat_mode, vec_mode, reduce, align_corners, padding, backend,
-            any(needs[0:3]), any(needs[3:6]), needs[6],
-        )
-    return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * 6
-
-
-_tensorf_vm_sample_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+SPEC = OpSpec(
+    name=OP,
+    schema=f"({_TENSORS}, {_OPTIONS}) -> Tensor",
+    impl=_forward,
+    fake=lambda p0, p1, p2, l0, l1, l2, xyz, mat_mode, vec_mode, reduce, *_: p0.new_empty(
+        output_shape([p0, p1, p2], xyz, reduce)),
+    backends=IMPLEMENTED,
+    kernels=OP,
+    backward=OpSpec(
+        name=f"{OP}_backward",
+        schema=f"(Tensor grad_out, {_TENSORS}, {_OPTIONS}, bool need_planes, bool need_lines, bool need_xyz) -> "
+               "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+        impl=_backward,
+        fake=_backward_fake,
+    ),
+    setup_context=save_inputs(7),
+    # The kernels take one flag per group: all three planes, all three lines, xyz.
+    grads=backward_or_reference(f"{OP}_backward", _reference, 7,
+                                flags=lambda needs: (any(needs[0:3]), any(needs[3:6]), needs[6])),
+)
+_tensorf_vm_sample_op = define(SPEC)
 
 
 def tensorf_vm_sample(
@@ -369,12 +297,8 @@ def tensorf_vm_sample(
     _check(plane_list, line_list, xyz, reduce, align_corners, padding)
     flat_mat_mode = _flat_mat_mode(mat_mode)
     flat_vec_mode = _flat_vec_mode(vec_mode)
-    name = _backend.resolve(OP, backend, xyz.device, IMPLEMENTED)
+    name = SPEC.resolve(backend, xyz.device)
+    args = (*plane_list, *line_list, xyz, flat_mat_mode, flat_vec_mode, reduce, align_corners, padding)
     if name == "torch":
-        return tensorf_vm_sample_reference(
-            plane_list, line_list, xyz, reduce=reduce, align_corners=align_corners, padding=padding,
-            mat_mode=_pairs(flat_mat_mode), vec_mode=flat_vec_mode,
-        )
-    return torch.ops.fastfields.tensorf_vm_sample(
-        *plane_list, *line_list, xyz, flat_mat_mode, flat_vec_mode, reduce, align_corners, padding, name
-    )
+        return _reference(*args)
+    return _tensorf_vm_sample_op(*args, name)

@@ -1,9 +1,10 @@
 """``triplane_sample``: bilinear lookup of three feature planes, fused with their reduction.
 
 The public function validates its arguments, picks a backend and calls the custom op
-``fastfields::triplane_sample``; autograd is registered on that op and calls
-``fastfields::triplane_sample_backward``. Every backend implements the same contract,
-the ``torch`` one being :func:`fastfields.reference.triplane_sample_reference`.
+``fastfields::triplane_sample`` (described by ``SPEC``, registered by
+:func:`fastfields._op.define`), whose autograd calls ``fastfields::triplane_sample_backward``.
+Every backend implements the same contract, the ``torch`` one being
+:func:`fastfields.reference.triplane_sample_reference`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-from .. import _backend
+from .._enums import Padding, Reduce
 from .._checks import check_bool, check_choice, check_coords_dtype, check_dim, check_same_device, check_tensor
 from ..reference.triplane_sample import triplane_sample_reference
-from ._common import compiled_ops, grad_like
+from .._op import OpSpec, backward_or_reference, define, gradients, gradients_fake, save_inputs
 
 OP = "triplane_sample"
 IMPLEMENTED = ("torch", "triton", "cuda", "cpu")
@@ -30,9 +31,9 @@ LRM_AXES: Axes = ((0, 1), (0, 2), (2, 1))
 XYZ_AXES: Axes = ((0, 1), (0, 2), (1, 2))
 
 REDUCTIONS = ("none", "sum", "mean", "prod", "concat")
-REDUCE_CODES = {name: code for code, name in enumerate(REDUCTIONS)}
+REDUCE_CODES = Reduce.codes(REDUCTIONS)
 PADDINGS = ("zeros", "border")
-PADDING_CODES = {name: code for code, name in enumerate(PADDINGS)}
+PADDING_CODES = Padding.codes(PADDINGS)
 
 
 def planes_channels_last(planes: torch.Tensor) -> torch.Tensor:
@@ -84,121 +85,55 @@ def _check(planes, xyz, reduce, align_corners, padding) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Compiled backends (forward and backward), selected by name. The torch backend is the
-# reference itself, called directly so autograd, double backward and torch.compile see
-# plain PyTorch.
+# The op spec. The torch backend is the reference itself, called directly so autograd,
+# double backward and torch.compile see plain PyTorch; the compiled backends run the
+# custom ops below. Gradients come back in the layout of their input, so the fake
+# implementations can promise strides; unrequested gradients are empty tensors.
 
 
 def _pairs(axes: List[int]):
     return tuple((axes[2 * k], axes[2 * k + 1]) for k in range(3))
 
 
-def _reference_backward(grad_out, planes, xyz, axes, reduce, align_corners, padding, need_planes, need_xyz, create_graph=False):
-    with torch.enable_grad():
-        inputs = [t if create_graph else t.detach().requires_grad_(True) for t in (planes, xyz)]
-        wanted = [t for t, need in zip(inputs, (need_planes, need_xyz)) if need]
-        out = triplane_sample_reference(
-            inputs[0], inputs[1], reduce=reduce, align_corners=align_corners, padding=padding, axes=_pairs(axes)
-        )
-        grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=create_graph, allow_unused=True))
-    result = [next(grads) if need else None for need in (need_planes, need_xyz)]
-    return [g if g is not None or not need else torch.zeros_like(t) for g, t, need in zip(result, (planes, xyz), (need_planes, need_xyz))]
+def _reference(planes, xyz, axes, reduce, align_corners, padding, backend="torch"):
+    return triplane_sample_reference(planes, xyz, reduce=reduce, align_corners=align_corners, padding=padding,
+                                     axes=_pairs(axes))
 
 
-def _forward(backend: str, planes, xyz, axes, reduce, align_corners, padding) -> torch.Tensor:
-    if backend == "triton":
-        from ..kernels.triplane_sample import triplane_sample_fwd
-
-        return triplane_sample_fwd(planes, xyz, axes, reduce, align_corners, padding)
-    return compiled_ops(backend).triplane_sample_fwd(planes, xyz, axes, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding])
-
-
-def _backward(backend: str, grad_out, planes, xyz, axes, reduce, align_corners, padding, need_planes, need_xyz):
-    if backend == "triton":
-        from ..kernels.triplane_sample import triplane_sample_bwd
-
-        return triplane_sample_bwd(grad_out, planes, xyz, axes, reduce, align_corners, padding, need_planes, need_xyz)
-    grads = compiled_ops(backend).triplane_sample_bwd(
-        grad_out, planes, xyz, axes, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding], need_planes, need_xyz
-    )
-    return [g if need else None for g, need in zip(grads, (need_planes, need_xyz))]
-
-
-# ---------------------------------------------------------------------------------------
-# The custom ops. Gradients come back in the layout of their input (empty_like), so the
-# fake implementations can promise strides; unrequested gradients are empty tensors.
-
-
-@torch.library.custom_op("fastfields::triplane_sample", mutates_args=())
-def _triplane_sample_op(
-    planes: torch.Tensor, xyz: torch.Tensor, axes: List[int], reduce: str, align_corners: bool, padding: str, backend: str
-) -> torch.Tensor:
+def _forward(planes, xyz, axes, reduce, align_corners, padding, backend):
     if xyz.shape[1] == 0:
         return planes.new_zeros(output_shape(planes, xyz, reduce))
-    return _forward(backend, planes, xyz, axes, reduce, align_corners, padding).contiguous()
+    launch = SPEC.kernel(backend, "fwd")
+    return launch(planes, xyz, axes, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding]).contiguous()
 
 
-@_triplane_sample_op.register_fake
-def _(planes, xyz, axes, reduce, align_corners, padding, backend):
-    return planes.new_empty(output_shape(planes, xyz, reduce))
+def _backward(grad_out, planes, xyz, axes, reduce, align_corners, padding, backend, need_planes, need_xyz):
+    needs = (need_planes, need_xyz)
+    grads = (None, None)
+    if xyz.shape[1] > 0:
+        launch = SPEC.kernel(backend, "bwd")
+        grads = launch(grad_out, planes, xyz, axes, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding], *needs)
+    return gradients(grads, (planes, xyz), needs)
 
 
-@torch.library.custom_op("fastfields::triplane_sample_backward", mutates_args=())
-def _triplane_sample_backward_op(
-    grad_out: torch.Tensor,
-    planes: torch.Tensor,
-    xyz: torch.Tensor,
-    axes: List[int],
-    reduce: str,
-    align_corners: bool,
-    padding: str,
-    backend: str,
-    need_planes: bool,
-    need_xyz: bool,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    if xyz.shape[1] == 0:
-        grad_planes, grad_xyz = None, None
-    else:
-        grad_planes, grad_xyz = _backward(
-            backend, grad_out, planes, xyz, axes, reduce, align_corners, padding, need_planes, need_xyz
-        )
-    return (
-        grad_like(grad_planes, planes) if need_planes else planes.new_empty(0),
-        grad_like(grad_xyz, xyz) if need_xyz else xyz.new_empty(0),
-    )
-
-
-@_triplane_sample_backward_op.register_fake
-def _(grad_out, planes, xyz, axes, reduce, align_corners, padding, backend, need_planes, need_xyz):
-    return (
-        torch.empty_like(planes) if need_planes else planes.new_empty(0),
-        torch.empty_like(xyz) if need_xyz else xyz.new_empty(0),
-    )
-
-
-def _setup_context(ctx, inputs, output):
-    planes, xyz, axes, reduce, align_corners, padding, backend = inputs
-    ctx.save_for_backward(planes, xyz)
-    ctx.config = (axes, reduce, align_corners, padding, backend)
-
-
-def _autograd_backward(ctx, grad_out):
-    planes, xyz = ctx.saved_tensors
-    axes, reduce, align_corners, padding, backend = ctx.config
-    need_planes, need_xyz = ctx.needs_input_grad[:2]
-    if torch.is_grad_enabled():
-        # create_graph=True (eikonal, R1): a differentiable backward through the reference.
-        grad_planes, grad_xyz = _reference_backward(
-            grad_out, planes, xyz, axes, reduce, align_corners, padding, need_planes, need_xyz, create_graph=True
-        )
-    else:
-        grad_planes, grad_xyz = torch.ops.fastfields.triplane_sample_backward(
-            grad_out, planes, xyz, axes, reduce, align_corners, padding, backend, need_planes, need_xyz
-        )
-    return (grad_planes if need_planes else None, grad_xyz if need_xyz else None) + (None,) * 5
-
-
-_triplane_sample_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+SPEC = OpSpec(
+    name=OP,
+    schema="(Tensor planes, Tensor xyz, SymInt[] axes, str reduce, bool align_corners, str padding, str backend) -> Tensor",
+    impl=_forward,
+    fake=lambda planes, xyz, axes, reduce, *_: planes.new_empty(output_shape(planes, xyz, reduce)),
+    backends=IMPLEMENTED,
+    kernels=OP,
+    backward=OpSpec(
+        name=f"{OP}_backward",
+        schema="(Tensor grad_out, Tensor planes, Tensor xyz, SymInt[] axes, str reduce, bool align_corners, str padding, "
+               "str backend, bool need_planes, bool need_xyz) -> (Tensor, Tensor)",
+        impl=_backward,
+        fake=lambda grad_out, planes, xyz, *options: gradients_fake((planes, xyz), options[-2:]),
+    ),
+    setup_context=save_inputs(2),
+    grads=backward_or_reference(f"{OP}_backward", _reference, 2),
+)
+_triplane_sample_op = define(SPEC)
 
 
 def triplane_sample(
@@ -240,9 +175,7 @@ def triplane_sample(
     """
     _check(planes, xyz, reduce, align_corners, padding)
     flat_axes = _flat_axes(axes)
-    name = _backend.resolve(OP, backend, planes.device, IMPLEMENTED)
+    name = SPEC.resolve(backend, planes.device)
     if name == "torch":
-        return triplane_sample_reference(
-            planes, xyz, reduce=reduce, align_corners=align_corners, padding=padding, axes=_pairs(flat_axes)
-        )
-    return torch.ops.fastfields.triplane_sample(planes, xyz, flat_axes, reduce, align_corners, padding, name)
+        return _reference(planes, xyz, flat_axes, reduce, align_corners, padding)
+    return _triplane_sample_op(planes, xyz, flat_axes, reduce, align_corners, padding, name)

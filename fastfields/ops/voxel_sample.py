@@ -1,27 +1,27 @@
 """``voxel_sample``: trilinear lookup of a feature volume at 3D points.
 
 The public function validates its arguments, picks a backend and calls the custom op
-``fastfields::voxel_sample``; autograd is registered on that op and calls
-``fastfields::voxel_sample_backward``. Every backend implements the same contract, the
+``fastfields::voxel_sample`` (described by ``SPEC``, registered by :func:`fastfields._op.define`),
+whose autograd calls ``fastfields::voxel_sample_backward``. Every backend implements the same contract, the
 ``torch`` one being :func:`fastfields.reference.voxel_sample.voxel_sample_reference`.
 """
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List
 
 import torch
 
-from .. import _backend
+from .._enums import Padding
 from .._checks import check_bool, check_choice, check_coords_dtype, check_dim, check_same_device, check_tensor
 from ..reference.voxel_sample import voxel_sample_reference
-from ._common import compiled_ops, grad_like
+from .._op import OpSpec, backward_or_reference, define, gradients, gradients_fake, save_inputs
 
 OP = "voxel_sample"
 IMPLEMENTED = ("torch", "triton", "cuda", "cpu")
 
 PADDINGS = ("zeros", "border")
-PADDING_CODES = {name: code for code, name in enumerate(PADDINGS)}
+PADDING_CODES = Padding.codes(PADDINGS)
 
 
 def volume_channels_last(volume: torch.Tensor) -> torch.Tensor:
@@ -58,107 +58,48 @@ def _check(volume, xyz, align_corners, padding) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Compiled backends (forward and backward), selected by name. The torch backend is the
-# reference itself, called directly so autograd, double backward and torch.compile see
-# plain PyTorch; the compiled backends route create_graph=True through it.
+# The op spec. The torch backend is the reference itself, called directly so autograd,
+# double backward and torch.compile see plain PyTorch; the compiled backends run the
+# custom ops below and route create_graph=True through the reference. Gradients come back
+# in the layout of their input; unrequested gradients are empty tensors.
 
 
-def _differentiable_backward(grad_out, volume, xyz, align_corners, padding, need_volume, need_xyz):
-    """Gradients through the reference with ``create_graph=True``, so they can be differentiated again."""
-    with torch.enable_grad():
-        wanted = [t for t, need in zip((volume, xyz), (need_volume, need_xyz)) if need]
-        out = voxel_sample_reference(volume, xyz, align_corners=align_corners, padding=padding)
-        grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
-    result = [next(grads) if need else None for need in (need_volume, need_xyz)]
-    return [g if g is not None or not need else torch.zeros_like(t) for g, t, need in zip(result, (volume, xyz), (need_volume, need_xyz))]
+def _reference(volume, xyz, align_corners, padding, backend="torch"):
+    return voxel_sample_reference(volume, xyz, align_corners=align_corners, padding=padding)
 
 
-def _forward(backend: str, volume, xyz, align_corners, padding) -> torch.Tensor:
-    if backend == "triton":
-        from ..kernels.voxel_sample import voxel_sample_fwd
-
-        return voxel_sample_fwd(volume, xyz, align_corners, padding)
-    return compiled_ops(backend).voxel_sample_fwd(volume, xyz, align_corners, PADDING_CODES[padding])
-
-
-def _backward(backend: str, grad_out, volume, xyz, align_corners, padding, need_volume, need_xyz):
-    if backend == "triton":
-        from ..kernels.voxel_sample import voxel_sample_bwd
-
-        return voxel_sample_bwd(grad_out, volume, xyz, align_corners, padding, need_volume, need_xyz)
-    grads = compiled_ops(backend).voxel_sample_bwd(
-        grad_out, volume, xyz, align_corners, PADDING_CODES[padding], need_volume, need_xyz
-    )
-    return [g if need else None for g, need in zip(grads, (need_volume, need_xyz))]
-
-
-# ---------------------------------------------------------------------------------------
-# The custom ops. Gradients come back in the layout of their input (empty_like), so the
-# fake implementations can promise strides; unrequested gradients are empty tensors.
-
-
-@torch.library.custom_op("fastfields::voxel_sample", mutates_args=())
-def _voxel_sample_op(volume: torch.Tensor, xyz: torch.Tensor, align_corners: bool, padding: str, backend: str) -> torch.Tensor:
+def _forward(volume, xyz, align_corners, padding, backend):
     if xyz.numel() == 0:
         return volume.new_zeros(output_shape(volume, xyz))
-    return _forward(backend, volume, xyz, align_corners, padding).contiguous()
+    return SPEC.kernel(backend, "fwd")(volume, xyz, align_corners, PADDING_CODES[padding]).contiguous()
 
 
-@_voxel_sample_op.register_fake
-def _(volume, xyz, align_corners, padding, backend):
-    return volume.new_empty(output_shape(volume, xyz))
+def _backward(grad_out, volume, xyz, align_corners, padding, backend, need_volume, need_xyz):
+    needs = (need_volume, need_xyz)
+    grads = (None, None)
+    if xyz.numel() > 0:
+        grads = SPEC.kernel(backend, "bwd")(grad_out, volume, xyz, align_corners, PADDING_CODES[padding], *needs)
+    return gradients(grads, (volume, xyz), needs)
 
 
-@torch.library.custom_op("fastfields::voxel_sample_backward", mutates_args=())
-def _voxel_sample_backward_op(
-    grad_out: torch.Tensor,
-    volume: torch.Tensor,
-    xyz: torch.Tensor,
-    align_corners: bool,
-    padding: str,
-    backend: str,
-    need_volume: bool,
-    need_xyz: bool,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    if xyz.numel() == 0:
-        grad_volume, grad_xyz = None, None
-    else:
-        grad_volume, grad_xyz = _backward(backend, grad_out, volume, xyz, align_corners, padding, need_volume, need_xyz)
-    return (
-        grad_like(grad_volume, volume) if need_volume else volume.new_empty(0),
-        grad_like(grad_xyz, xyz) if need_xyz else xyz.new_empty(0),
-    )
-
-
-@_voxel_sample_backward_op.register_fake
-def _(grad_out, volume, xyz, align_corners, padding, backend, need_volume, need_xyz):
-    return (
-        torch.empty_like(volume) if need_volume else volume.new_empty(0),
-        torch.empty_like(xyz) if need_xyz else xyz.new_empty(0),
-    )
-
-
-def _setup_context(ctx, inputs, output):
-    volume, xyz, align_corners, padding, backend = inputs
-    ctx.save_for_backward(volume, xyz)
-    ctx.config = (align_corners, padding, backend)
-
-
-def _autograd_backward(ctx, grad_out):
-    volume, xyz = ctx.saved_tensors
-    align_corners, padding, backend = ctx.config
-    need_volume, need_xyz = ctx.needs_input_grad[:2]
-    if torch.is_grad_enabled():
-        # create_graph=True (eikonal, R1): a differentiable backward through the reference.
-        grad_volume, grad_xyz = _differentiable_backward(grad_out, volume, xyz, align_corners, padding, need_volume, need_xyz)
-    else:
-        grad_volume, grad_xyz = torch.ops.fastfields.voxel_sample_backward(
-            grad_out, volume, xyz, align_corners, padding, backend, need_volume, need_xyz
-        )
-    return (grad_volume if need_volume else None, grad_xyz if need_xyz else None, None, None, None)
-
-
-_voxel_sample_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+SPEC = OpSpec(
+    name=OP,
+    schema="(Tensor volume, Tensor xyz, bool align_corners, str padding, str backend) -> Tensor",
+    impl=_forward,
+    fake=lambda volume, xyz, *_: volume.new_empty(output_shape(volume, xyz)),
+    backends=IMPLEMENTED,
+    kernels=OP,
+    backward=OpSpec(
+        name=f"{OP}_backward",
+        schema="(Tensor grad_out, Tensor volume, Tensor xyz, bool align_corners, str padding, str backend, "
+               "bool need_volume, bool need_xyz) -> (Tensor, Tensor)",
+        impl=_backward,
+        fake=lambda grad_out, volume, xyz, *options: gradients_fake((volume, xyz), options[-2:]),
+    ),
+    setup_context=save_inputs(2),
+    grads=backward_or_reference(f"{OP}_backward", _reference, 2),
+)
+_voxel_sample_op = define(SPEC)
 
 
 def voxel_sample(
@@ -195,7 +136,7 @@ def voxel_sample(
         torch.Size([1, 1000, 4])
     """
     _check(volume, xyz, align_corners, padding)
-    name = _backend.resolve(OP, backend, volume.device, IMPLEMENTED)
+    name = SPEC.resolve(backend, volume.device)
     if name == "torch":
-        return voxel_sample_reference(volume, xyz, align_corners=align_corners, padding=padding)
-    return torch.ops.fastfields.voxel_sample(volume, xyz, align_corners, padding, name)
+        return _reference(volume, xyz, align_corners, padding)
+    return _voxel_sample_op(volume, xyz, align_corners, padding, name)

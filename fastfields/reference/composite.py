@@ -7,8 +7,10 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-ACTIVATIONS = ("none", "relu", "softplus", "exp", "trunc_exp")
-MODES = ("nerf", "eg3d")
+from .._enums import DensityActivation, RenderMode
+
+ACTIVATIONS = DensityActivation.names()  # ("none", "relu", "softplus", "exp", "trunc_exp")
+MODES = RenderMode.names()  # ("nerf", "eg3d")
 #: EG3D's MipRayMarcher2 adds this inside the transmittance product: cumprod(1 - alpha + 1e-10).
 EG3D_TRANSMITTANCE_EPS = 1e-10
 

@@ -12,13 +12,14 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .._enums import ColorActivation, HiddenActivation
 from .composite import composite_reference
 from .triplane_sample import triplane_sample_reference
 
-HIDDEN_ACTIVATIONS = ("relu", "silu", "softplus")
+HIDDEN_ACTIVATIONS = HiddenActivation.names()  # ("relu", "silu", "softplus")
 #: Activations of the colour / feature outputs: ``sigmoid_clamped`` is EG3D's and OpenLRM's
 #: ``sigmoid(x) * (1 + 2 * 0.001) - 0.001``; TripoSR uses a plain ``sigmoid``.
-COLOR_ACTIVATIONS = ("sigmoid_clamped", "sigmoid", "none")
+COLOR_ACTIVATIONS = ColorActivation.names()  # ("sigmoid_clamped", "sigmoid", "none")
 SIGMOID_CLAMP = 0.001
 
 

@@ -16,15 +16,18 @@ from .cameras import CONVENTIONS, orbit_cameras, ray_aabb_intersect, rays_from_c
 from .occupancy import OccupancyGrid, packed_info
 from .sh import sh_encode
 from .samplers import merge_samples, sample_pdf, smooth_weights, stratified_samples
+from .triplane import eg3d_render_options, render_triplane
 
 __all__ = [
     "CONVENTIONS",
     "OccupancyGrid",
+    "eg3d_render_options",
     "merge_samples",
     "orbit_cameras",
     "packed_info",
     "ray_aabb_intersect",
     "rays_from_cameras",
+    "render_triplane",
     "sample_pdf",
     "sh_encode",
     "smooth_weights",

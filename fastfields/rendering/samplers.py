@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_bool, check_choice, check_same_device
+from .._enums import Spacing
 from .cameras import check_float_tensor
 
-SPACINGS = ("linear", "disparity")
+SPACINGS = Spacing.names()  # ("linear", "disparity")
 
 
 def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:

@@ -1,13 +1,19 @@
 // Shared helpers for the fastfields CPU (OpenMP) and CUDA kernels.
 //
-// Everything in csrc/include/fastfields/ must compile as plain C++17 (g++, for the CPU
-// extension and the torch-facing bindings) and under nvcc (for the .cu kernels), so it
-// includes no torch header. Per-element math is written once as FF_HD functions and used
-// by both the CPU loops and the CUDA kernels.
+// The kernel headers in csrc/include/fastfields/ must compile as plain C++17 (g++, for the
+// CPU extension and the torch-facing bindings) and under nvcc (for the .cu kernels), so
+// the kernel part of this file includes no torch header. Per-element math is written once
+// as FF_HD functions and used by both the CPU loops and the CUDA kernels.
+//
+// The end of this file holds the binding helpers every torch-facing .cpp shares (dtype
+// codes, the accumulation dtype, device checks); they are compiled only where ATen is
+// available and never under nvcc.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+
+#include "fastfields/enums.h"  // option codes, generated from fastfields/_enums.py
 
 #ifdef __CUDACC__
 #include <cuda_bf16.h>
@@ -107,3 +113,49 @@ FF_HD A ff_floor(A x) {
 enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 }  // namespace fastfields
+
+// ---------------------------------------------------------------------------------------
+// Binding helpers (torch side only).
+
+#if !defined(__CUDACC__) && defined(__has_include)
+#if __has_include(<ATen/ATen.h>)
+#include <ATen/ATen.h>
+
+namespace fastfields {
+
+// Accumulation dtype of a storage dtype: float64 for float64, else float32 (as acc_t).
+inline at::ScalarType acc_dtype(at::ScalarType storage) { return storage == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The DType code of a float32 / float64 / float16 / bfloat16 tensor; any other dtype is an
+// error naming the op and the argument.
+inline DType dtype_code(at::ScalarType t, const char* op, const char* name) {
+  switch (t) {
+    case at::kFloat:
+      return kFloat32;
+    case at::kDouble:
+      return kFloat64;
+    case at::kHalf:
+      return kFloat16;
+    case at::kBFloat16:
+      return kBFloat16;
+    default:
+      break;
+  }
+  TORCH_CHECK(false, op, ": ", name, " must be float32, float64, float16 or bfloat16, got ", t);
+  return kFloat32;  // unreachable
+}
+
+// `t` lives on the backend's device type and on the device of `first` (named `first_name`).
+inline void check_device(const at::Tensor& t, const char* name, const at::Tensor& first, const char* first_name,
+                         at::DeviceType type, const char* op) {
+  const bool cuda = type == at::kCUDA;
+  TORCH_CHECK(t.device().type() == type, op, " (", cuda ? "cuda" : "cpu", "): ", name, " must be a ",
+              cuda ? "CUDA" : "CPU", " tensor, got ", t.device());
+  TORCH_CHECK(t.device() == first.device(), op, " (", cuda ? "cuda" : "cpu", "): ", name, " is on ", t.device(),
+              " but ", first_name, " is on ", first.device());
+}
+
+}  // namespace fastfields
+
+#endif  // __has_include(<ATen/ATen.h>)
+#endif  // !__CUDACC__

@@ -40,9 +40,7 @@
 
 namespace fastfields {
 
-enum CompositeActivation : int { kActNone = 0, kActRelu = 1, kActSoftplus = 2, kActExp = 3, kActTruncExp = 4 };
-
-enum CompositeGeometry : int { kGeomDeltas = 0, kGeomIntervals = 1, kGeomMidpoints = 2 };
+// Codes: DensityActivation (kAct*) and Geometry (kGeom*) in enums.h.
 
 // ---------------------------------------------------------------------------------------
 // Ray layout.
@@ -56,7 +54,7 @@ struct CompositeParams {
   const A* b;               // t (may be null) / t_ends / unused
   const int64_t* offsets;   // [R + 1] packed ray starts; null for dense
   int64_t R, S, C;          // S: samples per ray (dense only)
-  int activation;           // CompositeActivation
+  int activation;           // DensityActivation (enums.h)
   A bias, scale, eps;
   A t_threshold;            // forward only: stop a ray once T < t_threshold (0: never)
   // forward outputs, [R, C] / [R] / [R] / weights (null when not wanted)

@@ -15,24 +15,6 @@ namespace composite_bind {
 
 using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-inline at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-inline int dtype_code(at::ScalarType t) {
-  switch (t) {
-    case at::kDouble:
-      return kFloat64;
-    case at::kHalf:
-      return kFloat16;
-    case at::kBFloat16:
-      return kBFloat16;
-    case at::kFloat:
-      return kFloat32;
-    default:
-      TORCH_CHECK(false, "composite: rgbs must be float32, float64, float16 or bfloat16, got ", t);
-  }
-  return kFloat32;  // unreachable
-}
-
 inline void check_device(const char* name, const at::Tensor& t, const at::Device& device) {
   TORCH_CHECK(t.device() == device, "composite: ", name, " must be on ", device, ", got ", t.device());
 }
@@ -99,7 +81,7 @@ inline CompositeArgs make_args(const Inputs& in, int64_t geometry, int64_t activ
   g.S = in.S;
   g.C = in.C;
   g.geometry = static_cast<int>(geometry);
-  g.dtype = dtype_code(in.rgbs.scalar_type());
+  g.dtype = dtype_code(in.rgbs.scalar_type(), "composite", "rgbs");
   g.activation = static_cast<int>(activation);
   g.bias = bias;
   g.scale = scale;

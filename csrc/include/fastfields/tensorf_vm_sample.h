@@ -18,8 +18,6 @@
 
 namespace fastfields {
 
-enum VmReduce : int { kVmConcat = 0, kVmSum = 1 };
-
 struct VmSampleParams {
   int64_t N;
   int64_t R[3], H[3], W[3], L[3];
@@ -30,8 +28,8 @@ struct VmSampleParams {
   int64_t xyz_strides[2];       // xyz [N, 3], in elements
   int mat_mode[6];              // plane k reads (u, v) = (xyz[mat_mode[2k]], xyz[mat_mode[2k+1]])
   int vec_mode[3];              // line k reads xyz[vec_mode[k]]
-  int reduce;                   // VmReduce
-  int padding;                  // TriplanePadding
+  int reduce;                   // Reduce (enums.h): kReduceConcat or kReduceSum
+  int padding;                  // Padding (enums.h)
   bool align_corners;
 };
 

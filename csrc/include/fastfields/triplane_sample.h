@@ -15,24 +15,14 @@
 
 namespace fastfields {
 
-enum TriplaneReduce : int {
-  kReduceNone = 0,
-  kReduceSum = 1,
-  kReduceMean = 2,
-  kReduceProd = 3,
-  kReduceConcat = 4,
-};
-
-enum TriplanePadding : int { kPadZeros = 0, kPadBorder = 1 };
-
 struct TriplaneSampleParams {
   int64_t B, N, C, H, W;
   int64_t planes_strides[5];    // planes  [B, 3, C, H, W], in elements
   int64_t xyz_strides[3];       // xyz     [B, N, 3], in elements
   int64_t grad_out_strides[4];  // grad_out viewed as [B, N, 3, C]; plane stride 0 for sum/mean/prod
   int axes[6];                  // plane k reads (u, v) = (xyz[axes[2k]], xyz[axes[2k+1]])
-  int reduce;                   // TriplaneReduce
-  int padding;                  // TriplanePadding
+  int reduce;                   // Reduce (enums.h)
+  int padding;                  // Padding (enums.h)
   bool align_corners;
 };
 

@@ -11,10 +11,6 @@
 namespace fastfields {
 namespace triplane_bind {
 
-inline at::ScalarType acc_dtype(at::ScalarType planes_dtype) {
-  return planes_dtype == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 // Checks the arguments (naming the offending one) and fills sizes, planes strides, axes,
 // reduce, padding and align_corners. xyz / grad_out strides are set by the callers once the
 // tensors have been converted to the dtypes the kernels read.
@@ -47,7 +43,7 @@ inline TriplaneSampleParams make_params(const at::Tensor& planes, const at::Tens
     TORCH_CHECK(a >= 0 && a < 3, "triplane_sample: axes entries must be 0, 1 or 2, got ", axes);
   }
   TORCH_CHECK(reduce >= 0 && reduce <= 4,
-              "triplane_sample: reduce must be 0 (none), 1 (sum), 2 (mean), 3 (prod) or 4 (concat), got ",
+              "triplane_sample: reduce must be 0 (concat), 1 (sum), 2 (mean), 3 (prod) or 4 (none), got ",
               reduce);
   TORCH_CHECK(padding == 0 || padding == 1, "triplane_sample: padding must be 0 (zeros) or 1 (border), got ",
               padding);

@@ -22,7 +22,7 @@ struct VoxelSampleParams {
   int64_t volume_strides[5];    // volume   [B, C, D, H, W], in elements
   int64_t xyz_strides[3];       // xyz      [B, N, 3], in elements
   int64_t grad_out_strides[3];  // grad_out [B, N, C], in elements
-  int padding;                  // TriplanePadding: kPadZeros or kPadBorder
+  int padding;                  // Padding (enums.h): kPadZeros or kPadBorder
   bool align_corners;
 };
 
