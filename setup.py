@@ -78,6 +78,7 @@ setup(
         "fastfields.models.eg3d",
         "fastfields.models.lrm",
         "fastfields.models.ssdnerf",
+        "fastfields.models.tensorf",
         "fastfields.csrc",
     ],
     package_dir={
