@@ -8,8 +8,7 @@ from fastfields.models.diffrf import field as F
 from fastfields.models.diffrf.synthetic import orbit_views, synthetic_object
 
 
-def rays(n=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
+def rays():
     c2w, k = orbit_views(2, 8, 4)
     o, d = F.camera_rays(c2w, k, 8, 4)
     return o, d

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastfields.models._pretrained import CheckpointError, write_safetensors
-from fastfields.models.diffrf import DiffRF, DiffRFConfig, UNet3D
+from fastfields.models.diffrf import DiffRF, DiffRFConfig
 from fastfields.models.diffrf.metrics import chamfer_matrix, coverage_mmd, field_points
 from fastfields.models.diffrf.synthetic import orbit_views, synthetic_object
 

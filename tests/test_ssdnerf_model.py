@@ -2,7 +2,6 @@
 
 import collections
 import json
-import pickle
 import sys
 import types
 from pathlib import Path

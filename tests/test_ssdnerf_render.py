@@ -1,6 +1,5 @@
 """SSDNeRF's decoder, occupancy update and renderer vs the literal transcription of the official code."""
 
-import math
 
 import pytest
 import torch

@@ -324,7 +324,6 @@ def _train(args) -> int:
 
 
 def _make_data(args) -> int:
-    import torch
 
     from fastfields.models.diffrf.field import FieldCache, render_views
     from fastfields.models.diffrf.synthetic import orbit_views, synthetic_object

@@ -15,6 +15,8 @@ scaled by the official ``model_scale`` (``--bound`` overrides; other scenes: the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ._common import (CLIError, check_float, check_input_file, check_int, check_out_dir, load_error, require,
                       resolve_device, set_threads, warn_nonfinite_images)
 

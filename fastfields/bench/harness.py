@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import json
 import platform
 import re
 import statistics

@@ -18,7 +18,7 @@ views by name, as SSDNeRF's ``ShapeNetSRN`` does; a real SRN cars/chairs folder
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import torch

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from . import ops
-from .layers import Conv2dLayer, FullyConnectedLayer
+from .layers import FullyConnectedLayer
 from .mapping import MappingNetwork
 
 NOISE_MODES = ("random", "const", "none")

@@ -33,7 +33,6 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 import fastfields as ff
-from fastfields.reference.composite import activate
 from fastfields.rendering import OccupancyGrid, rays_from_cameras
 
 SQRT3 = math.sqrt(3.0)
@@ -108,7 +107,6 @@ def march_rays(grid: OccupancyGrid, rays_o: torch.Tensor, rays_d: torch.Tensor, 
             break
         ts.append(torch.where(alive, t, far))
         t = t + step(t)
-    n_rays = rays_o.shape[0]
     if not ts:
         empty = rays_o.new_zeros(0)
         return torch.zeros(0, dtype=torch.long, device=rays_o.device), rays_o.new_zeros(0, 3), empty, empty
