@@ -15,10 +15,9 @@ from fastfields.models._pretrained import CheckpointError
 from fastfields.models.field_vm import (
     CommonDecoder,
     _packed_transmittance,
-    bound_from_masks,
-    nerf_synthetic_bound,
     update_occupancy,
 )
+from fastfields.models.scene import bound_from_masks, nerf_synthetic_bound
 from fastfields.models.tensorf import TensoRF
 from fastfields.reference.composite import activate
 from fastfields.rendering import OccupancyGrid

@@ -121,7 +121,7 @@ def run(args) -> int:
     from .. import export
     from ..data import farthest_views, select_views
     from ..metrics import psnr, ssim
-    from ..models.field_vm import nerf_synthetic_bound
+    from ..models.scene import nerf_synthetic_bound
 
     if args.baseline:
         args.model = args.baseline

@@ -45,7 +45,7 @@ def evaluate(model_name: str, n_views: int, *, res: int, config: str, iters, dev
              seed: int, progress: bool, pictures: Optional[Path] = None, n_pictures: int = 3) -> Dict[str, object]:
     from ..data import farthest_views, load_npz, select_views, shipped_data
     from ..metrics import psnr, ssim
-    from ..models.field_vm import nerf_synthetic_bound
+    from ..models.scene import nerf_synthetic_bound
 
     scene = load_npz(shipped_data(f"mic/mic_train_{res}.npz"))
     chosen = farthest_views(scene.c2w, n_views)

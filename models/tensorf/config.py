@@ -11,7 +11,7 @@ import torch
 
 
 from .._pretrained import CheckpointError, ModelConfig
-from ..field_vm import DEFAULT_BOUND
+from ..scene import DEFAULT_BOUND
 
 MAT_MODE = ((0, 1), (0, 2), (1, 2))
 VEC_MODE = (2, 1, 0)

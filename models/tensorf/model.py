@@ -17,7 +17,7 @@ from fastfields.data import MultiViewData, to_float_images
 from fastfields.rendering import rays_from_cameras
 
 from .._pretrained import CheckpointError, PretrainedModel, load_pickle_restricted, load_state_dict_strict
-from ..field_vm import _check_cameras, _intrinsics, load_views, nerf_synthetic_bound
+from ..scene import _check_cameras, _intrinsics, load_views, nerf_synthetic_bound
 
 from .config import MAT_MODE, PRESETS, VEC_MODE, TensoRFConfig, config_from_official_kwargs, n_to_reso, positional_encoding
 class MLPRenderFea(nn.Module):
