@@ -9,8 +9,13 @@ achieved bandwidth against the machine's bandwidth measured in the same run.
 sizes for the log-log time-vs-work plot.
 
 Peak memory is exact on CUDA (allocator statistics). On CPU it is the sampled rise of
-the process's resident memory during the call, with glibc told to return large blocks
-to the OS at once, so it tracks live tensors to within a few MB.
+the process's resident memory during the call, with glibc told to map every large block on
+its own while the call runs, so that freeing it lowers the resident size and the rise tracks
+live tensors to within a few MB. Times are taken with freed memory recycled instead (glibc
+keeps blocks up to 1 GB in its heap), as a caching allocator does on a GPU and jemalloc or
+tcmalloc do on a CPU: otherwise every call would also pay the operating system's page faults
+and zeroing for each fresh block (about 12 ms for 48 MB here), a cost that says nothing about
+the kernels and that inflates the many-intermediate eager baselines most.
 """
 
 from __future__ import annotations
@@ -74,14 +79,41 @@ def median_time(fn: Callable[[], object], device: torch.device, min_seconds: flo
     return statistics.median(times)
 
 
-def _return_freed_memory_at_once():
-    """Make glibc map large blocks on their own, so freeing them lowers the resident size."""
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+# Blocks below this come from glibc's heap and are reused once freed (see the module doc).
+_RECYCLED_BELOW = 2**30
+
+
+def _mallopt(mmap_threshold: int, trim_threshold: int) -> None:
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD, fixed: no dynamic raise after frees
-            libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+            libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)  # fixed: no dynamic raise after frees
+            libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
         except OSError:
+            pass
+
+
+_allocator = {"recycling": False}
+
+
+def _recycle_freed_memory():
+    """Keep freed blocks (up to 1 GB) in glibc's heap for reuse, so a timed call pays no page
+    faults for memory the previous call released, as with a caching allocator."""
+    _mallopt(_RECYCLED_BELOW, 2 * _RECYCLED_BELOW)
+    _allocator["recycling"] = True
+
+
+def _return_freed_memory_at_once():
+    """Make glibc map large blocks on their own, so freeing them lowers the resident size, and
+    hand back the free heap memory the timed calls left (else the measured call could reuse
+    it without raising the resident size)."""
+    _mallopt(128 * 1024, 128 * 1024)
+    _allocator["recycling"] = False
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
             pass
 
 
@@ -102,6 +134,14 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> Optional[int]
         return torch.cuda.max_memory_allocated(device) - before
     if not Path("/proc/self/statm").exists():
         return None
+    recycling = _allocator["recycling"]
+    _return_freed_memory_at_once()
+    # One call in this mode first: what the timed calls left alive (gradients, outputs) sits in
+    # the heap and would not be returned when the measured call frees it; this call's blocks are
+    # mapped on their own and are.
+    fn()
+    gc.collect()
+    _return_freed_memory_at_once()
     before = _resident_bytes()
     peak = [before]
     done = threading.Event()
@@ -119,6 +159,8 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> Optional[int]
     finally:
         done.set()
         sampler.join()
+        if recycling:
+            _recycle_freed_memory()
     return max(peak[0] - before, 0)
 
 
@@ -222,65 +264,107 @@ def run(
     and its fraction of the bandwidth measured at the start of the run (``bandwidth``; on
     GPU also of the spec-sheet peak). Returns :class:`Rows` (a list) whose ``meta`` holds the
     bandwidth measurement.
+
+    Two phases: first every call's first-call time and peak memory (on CPU with every large
+    block mapped on its own, so the resident size tracks live tensors), then every median
+    time with freed memory recycled (see the module doc). Once the heap holds recycled
+    blocks the resident size no longer follows what a call allocates, hence the order.
     """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     _return_freed_memory_at_once()
     peak_bw = next((bw for key, bw in PEAK_BANDWIDTH.items() if device.type == "cuda" and key in device_label(device)), None)
     rows = Rows(meta={"compile": bool(compile), "spec_peak_gbps": peak_bw})
-    if bandwidth:
-        measured = measure_bandwidth(device)
-        rows.meta["bandwidth"] = measured
-        log(f"memory bandwidth: copy {measured['copy_gbps']:.1f} GB/s, triad {measured['triad_gbps']:.1f} GB/s "
-            f"({measured['array_mb']:.0f} MB arrays)")
-    measured_bw = rows.meta.get("bandwidth", {}).get("gbps")
     chosen = backends or fused_backends(device)
     from . import cases
 
+    jobs = []
     for case in cases(device, full):
         if ops and case.op not in ops:
             continue
         base_inputs = case.make_inputs(device)
         layouts = {"standard": base_inputs, **{k: fn(base_inputs) for k, fn in case.layouts.items()}}
         compiled = compile_baseline(case) if compile else None
-        memory_bound = case.op in MEMORY_BOUND_OPS
-
-        def add(layout, backend, pass_name, t, mem, base, compile_s=None, note=None, inputs=None, backward=False):
-            gbps = None
-            if memory_bound and t is not None and inputs is not None:
-                moved = case.bytes_forward(inputs) + (case.bytes_backward(inputs) if backward else 0)
-                gbps = moved / t / 1e9
-            rows.append(_row(case, layout, backend, pass_name, t, mem, base[0], base[1], gbps, peak_bw,
-                             compiled_seconds=base[2], measured_bw=measured_bw, compile_s=compile_s, note=note))
-            log(_format_row(rows[-1]))
-
         for backward in (False, True):
-            pass_name = "fwd+bwd" if backward else "fwd"
-
-            def prepared(source):
-                return {k: v.detach().requires_grad_(backward and k in case.grad_inputs) for k, v in source.items()}
-
-            inputs = prepared(base_inputs)
-            base_time, base_mem, _ = _measure(pass_fn(lambda: case.baseline(inputs), inputs, case, backward), device)
-            base = [base_time, base_mem, None]
-            add("standard", BASELINE, pass_name, base_time, base_mem, base, inputs=inputs, backward=backward)
+            implementations = [("standard", BASELINE, base_inputs, case.baseline)]
             if compiled is not None:
-                inputs = prepared(base_inputs)
-                try:
-                    t, mem, first = _measure(pass_fn(lambda: compiled(inputs), inputs, case, backward), device)
-                    note = None
-                except Exception as error:  # inductor failures are many types; the report says which
-                    t = mem = first = None
-                    note = f"compile failed: {type(error).__name__}"
-                    gc.collect()
-                base[2] = t
-                add("standard", COMPILED, pass_name, t, mem, base,
-                    compile_s=None if first is None or t is None else max(first - t, 0.0), note=note, inputs=inputs, backward=backward)
+                implementations.append(("standard", COMPILED, base_inputs, compiled))
             for layout, layout_inputs in layouts.items():
                 for backend in (b for b in chosen if b in case.backends):
-                    inputs = prepared(layout_inputs)
-                    t, mem, _ = _measure(pass_fn(lambda: case.fused(inputs, backend), inputs, case, backward), device)
-                    add(layout, backend, pass_name, t, mem, base, inputs=inputs, backward=backward)
+                    implementations.append((layout, backend, layout_inputs, lambda x, backend=backend, fused=case.fused: fused(x, backend)))
+            for layout, label, source, call in implementations:
+                inputs = {k: v.detach().requires_grad_(backward and k in case.grad_inputs) for k, v in source.items()}
+                fn = pass_fn(lambda call=call, inputs=inputs: call(inputs), inputs, case, backward)
+                jobs.append(dict(case=case, layout=layout, label=label, backward=backward, inputs=inputs, fn=fn))
+
+    # Phase 1: first call (compilation included) and peak memory.
+    for job in jobs:
+        try:
+            job["first"], job["mem"] = _first_call_and_peak(job["fn"], device)
+            job["note"] = None
+        except torch.OutOfMemoryError:
+            job["first"] = job["mem"] = None
+            job["note"] = "out of memory"
+        except Exception as error:  # inductor failures are many types; the report says which
+            if job["label"] != COMPILED:
+                raise
+            job["first"] = job["mem"] = None
+            job["note"] = f"compile failed: {type(error).__name__}"
+        _release(device, job)
+
+    # Phase 2: median times, with freed memory recycled.
+    _recycle_freed_memory()
+    if bandwidth:
+        measured = measure_bandwidth(device)
+        rows.meta["bandwidth"] = measured
+        log(f"memory bandwidth: copy {measured['copy_gbps']:.1f} GB/s, triad {measured['triad_gbps']:.1f} GB/s "
+            f"({measured['array_mb']:.0f} MB arrays)")
+    measured_bw = rows.meta.get("bandwidth", {}).get("gbps")
+    base = {}
+    for job in jobs:
+        case, backward = job["case"], job["backward"]
+        t = None
+        if job["note"] is None:
+            try:
+                t = median_time(job["fn"], device)
+            except torch.OutOfMemoryError:
+                job["note"] = "out of memory"
+        _release(device, job)
+        key = (case.name, backward)
+        if job["label"] == BASELINE:
+            base[key] = [t, job["mem"], None]
+        elif job["label"] == COMPILED:
+            base[key][2] = t
+        gbps = None
+        if case.op in MEMORY_BOUND_OPS and t is not None:
+            moved = case.bytes_forward(job["inputs"]) + (case.bytes_backward(job["inputs"]) if backward else 0)
+            gbps = moved / t / 1e9
+        compile_s = None
+        if job["label"] == COMPILED and t is not None and job["first"] is not None:
+            compile_s = max(job["first"] - t, 0.0)
+        b = base[key]
+        rows.append(_row(case, job["layout"], job["label"], "fwd+bwd" if backward else "fwd", t, job["mem"], b[0], b[1],
+                         gbps, peak_bw, compiled_seconds=b[2], measured_bw=measured_bw, compile_s=compile_s,
+                         note=job["note"]))
+        log(_format_row(rows[-1]))
     return rows
+
+
+def _first_call_and_peak(fn, device):
+    """(seconds of the first call, which includes any compilation; peak bytes of a later call)."""
+    _synchronize(device)
+    start = time.perf_counter()
+    fn()
+    _synchronize(device)
+    return time.perf_counter() - start, peak_memory(fn, device)
+
+
+def _release(device, job):
+    """Drop a job's gradients between measurements, so they do not pile up across jobs."""
+    for value in job["inputs"].values():
+        value.grad = None
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _measure(fn, device):
