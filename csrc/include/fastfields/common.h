@@ -112,6 +112,25 @@ FF_HD A ff_floor(A x) {
 // Storage dtype codes used by the raw-pointer CUDA launchers.
 enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
+// CPU loops compiled twice, for the baseline ISA (SSE2 on x86-64: the extension is built
+// without -march so it runs anywhere) and with __attribute__((target("avx2"))), picked at run
+// time by ff_cpu_has_avx2(). Without FMA contraction (ISO C++ mode) both versions give bitwise
+// equal results, so the tests of one cover the other.
+// A loop body shared by both versions must be inlined into each (FF_ALWAYS_INLINE), or the
+// AVX2 version would call the baseline code.
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#define FF_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define FF_ALWAYS_INLINE inline
+#endif
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(__CUDACC__)
+#define FF_X86_AVX2_DISPATCH 1
+inline bool ff_cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+#endif
+
 }  // namespace fastfields
 
 // ---------------------------------------------------------------------------------------

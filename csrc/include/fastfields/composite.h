@@ -308,25 +308,19 @@ FF_HD_INLINE void composite_optics_loop(const CompositeParams<T, A>& p, int64_t 
   }
 }
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(__CUDACC__)
-#define FF_COMPOSITE_AVX2_DISPATCH 1
+#ifdef FF_X86_AVX2_DISPATCH
 // The same loop compiled for AVX2 (8 floats a vector instead of SSE2's 4), picked at run
-// time. Without FMA contraction (ISO C++ mode) both versions give bitwise equal results.
+// time (common.h).
 template <int GEOM, int ACT, bool GRAD, int CHUNK, typename T, typename A>
 __attribute__((target("avx2"))) void composite_optics_avx2(const CompositeParams<T, A>& p, int64_t k0, int len,
                                                             Optics<A, CHUNK>& o) {
   composite_optics_loop<GEOM, ACT, GRAD>(p, k0, len, o);
 }
-
-inline bool ff_cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2");
-  return has;
-}
 #endif
 
 template <int GEOM, int ACT, bool GRAD, int CHUNK, typename T, typename A>
 FF_HD void composite_optics_act(const CompositeParams<T, A>& p, int64_t k0, int len, Optics<A, CHUNK>& o) {
-#ifdef FF_COMPOSITE_AVX2_DISPATCH
+#ifdef FF_X86_AVX2_DISPATCH
   if (ff_cpu_has_avx2()) {
     composite_optics_avx2<GEOM, ACT, GRAD>(p, k0, len, o);
     return;
@@ -379,7 +373,7 @@ FF_HD_INLINE void composite_interval_grads_loop(Optics<A, CHUNK>& o, int len, A 
   }
 }
 
-#ifdef FF_COMPOSITE_AVX2_DISPATCH
+#ifdef FF_X86_AVX2_DISPATCH
 template <int CHUNK, typename A>
 __attribute__((target("avx2"))) void composite_interval_grads_avx2(Optics<A, CHUNK>& o, int len, A total, A scale,
                                                                     A eps) {
@@ -389,7 +383,7 @@ __attribute__((target("avx2"))) void composite_interval_grads_avx2(Optics<A, CHU
 
 template <int CHUNK, typename A>
 FF_HD void composite_interval_grads(Optics<A, CHUNK>& o, int len, A total, A scale, A eps) {
-#ifdef FF_COMPOSITE_AVX2_DISPATCH
+#ifdef FF_X86_AVX2_DISPATCH
   if (ff_cpu_has_avx2()) {
     composite_interval_grads_avx2(o, len, total, scale, eps);
     return;
