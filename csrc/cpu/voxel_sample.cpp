@@ -40,13 +40,13 @@ struct PointTaps {
   int64_t b, n;
 };
 
-template <typename A>
-inline void prepare_point(const VoxelSampleParams& p, const A* xyz, int64_t idx, PointTaps<A>& q) {
+template <bool GRAD, typename A>
+FF_ALWAYS_INLINE void prepare_point(const VoxelSampleParams& p, const A* xyz, int64_t idx, PointTaps<A>& q) {
   q.b = idx / p.N;
   q.n = idx - q.b * p.N;
   A pt[3];
   if (voxel_load_point<A>(xyz, p, q.b, q.n, pt)) {
-    q.t = voxel_taps<A>(pt[0], pt[1], pt[2], p);
+    q.t = voxel_taps<A, GRAD>(pt[0], pt[1], pt[2], p);
   } else {
     q.t.mask = 0u;
   }
@@ -132,7 +132,7 @@ void fwd_points(const VoxelSampleParams& p, const T* volume, const A* xyz, T* ou
   const int64_t C = p.C, sB = p.volume_strides[0], sC = p.volume_strides[1];
   PointTaps<A> ring[kLookahead];
   auto prepare = [&](int64_t i, PointTaps<A>& q) {
-    prepare_point<A>(p, xyz, i, q);
+    prepare_point<false, A>(p, xyz, i, q);
     prefetch_volume<CL>(p, volume, q);
   };
   for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) {
@@ -178,7 +178,7 @@ void bwd_points(const VoxelSampleParams& p, const T* grad_out, const T* volume, 
   const int64_t gB = p.grad_out_strides[0], gN = p.grad_out_strides[1], gC = p.grad_out_strides[2];
   PointTaps<A> ring[kLookahead];
   auto prepare = [&](int64_t i, PointTaps<A>& q) {
-    prepare_point<A>(p, xyz, i, q);
+    prepare_point<true, A>(p, xyz, i, q);
     if (gxyz) prefetch_volume<CL>(p, volume, q);
     prefetch_grad_rows<A>(p, gv, q);
   };

@@ -45,7 +45,8 @@ FF_HD int voxel_corner_dx(int k) { return k & 1; }
 FF_HD int voxel_corner_dy(int k) { return (k >> 1) & 1; }
 FF_HD int voxel_corner_dz(int k) { return k >> 2; }
 
-template <typename A>
+// GRAD = false leaves dwx / dwy / dwz unset (the forward never reads them).
+template <typename A, bool GRAD = true>
 FF_HD VoxelTaps<A> voxel_taps(A x, A y, A z, const VoxelSampleParams& p) {
   const AxisTap<A> tx = triplane_axis_tap<A>(x, p.W, p.align_corners, p.padding);
   const AxisTap<A> ty = triplane_axis_tap<A>(y, p.H, p.align_corners, p.padding);
@@ -61,6 +62,29 @@ FF_HD VoxelTaps<A> voxel_taps(A x, A y, A z, const VoxelSampleParams& p) {
   const A wx[2] = {tx.w0, tx.w1};
   const A wy[2] = {ty.w0, ty.w1};
   const A wz[2] = {tz.w0, tz.w1};
+  if (tx.in0 && tx.in1 && ty.in0 && ty.in1 && tz.in0 && tz.in1) {
+    // The common interior point: the same values as below, without a test per corner.
+    t.mask = 0xFFu;
+    const int64_t base = tz.i0 * sD + ty.i0 * sH + tx.i0 * sW;
+#ifdef __CUDA_ARCH__
+#pragma unroll
+#elif defined(__GNUC__) && !defined(__CUDACC__)
+#pragma GCC unroll 8
+#endif
+    for (int k = 0; k < 8; ++k) {
+      const int dx = voxel_corner_dx(k);
+      const int dy = voxel_corner_dy(k);
+      const int dz = voxel_corner_dz(k);
+      t.off[k] = base + dz * sD + dy * sH + dx * sW;
+      t.w[k] = wx[dx] * wy[dy] * wz[dz];
+      if (GRAD) {
+        t.dwx[k] = (dx ? wy[dy] : -wy[dy]) * wz[dz] * tx.dcoord;
+        t.dwy[k] = (dy ? wx[dx] : -wx[dx]) * wz[dz] * ty.dcoord;
+        t.dwz[k] = (dz ? wx[dx] : -wx[dx]) * wy[dy] * tz.dcoord;
+      }
+    }
+    return t;
+  }
   const bool inx[2] = {tx.in0, tx.in1};
   const bool iny[2] = {ty.in0, ty.in1};
   const bool inz[2] = {tz.in0, tz.in1};
@@ -76,9 +100,11 @@ FF_HD VoxelTaps<A> voxel_taps(A x, A y, A z, const VoxelSampleParams& p) {
       t.off[k] = (tz.i0 + dz) * sD + (ty.i0 + dy) * sH + (tx.i0 + dx) * sW;
       // x * y * z, the product order of ATen's grid sampler.
       t.w[k] = wx[dx] * wy[dy] * wz[dz];
-      t.dwx[k] = (dx ? wy[dy] : -wy[dy]) * wz[dz] * tx.dcoord;
-      t.dwy[k] = (dy ? wx[dx] : -wx[dx]) * wz[dz] * ty.dcoord;
-      t.dwz[k] = (dz ? wx[dx] : -wx[dx]) * wy[dy] * tz.dcoord;
+      if (GRAD) {
+        t.dwx[k] = (dx ? wy[dy] : -wy[dy]) * wz[dz] * tx.dcoord;
+        t.dwy[k] = (dy ? wx[dx] : -wx[dx]) * wz[dz] * ty.dcoord;
+        t.dwz[k] = (dz ? wx[dx] : -wx[dx]) * wy[dy] * tz.dcoord;
+      }
     } else {
       t.off[k] = 0;
       t.w[k] = A(0);
