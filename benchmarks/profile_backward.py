@@ -26,6 +26,7 @@ import time
 import torch
 
 from fastfields.bench import cases, fused_backends
+from fastfields.bench.harness import _recycle_freed_memory
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -43,6 +44,7 @@ def _median(fn, reps: int, clock=time.perf_counter) -> float:
 
 def profile(backend: str, ops, repeats: int, reps: int, clock: str = "wall", log=print):
     device = torch.device("cpu")
+    _recycle_freed_memory()  # as the benchmark: no page faults for the gradients' fresh blocks
     rows = []
     for case in cases(device, False):
         if ops and case.op not in ops:

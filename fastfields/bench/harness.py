@@ -204,6 +204,9 @@ def fused_backends(device: torch.device, op_backends: Sequence[str] = ("triton",
     return [b for b in op_backends if _backend.why_unusable(b, device.type) is None]
 
 
+#: Interleaved timing rounds per (case, pass) and the least time each round spends per call.
+ROUNDS, ROUND_SECONDS = 3, 0.2
+
 BASELINE = "eager (baseline)"
 COMPILED = "torch.compile (baseline)"
 #: Ops whose cost is moving bytes: their rows get achieved GB/s and the fraction of the
@@ -311,7 +314,10 @@ def run(
             job["note"] = f"compile failed: {type(error).__name__}"
         _release(device, job)
 
-    # Phase 2: median times, with freed memory recycled.
+    # Phase 2: times, with freed memory recycled. The implementations of one (case, pass) are
+    # timed in turn, ROUNDS times over, and each keeps its fastest round's median: a machine
+    # whose speed drifts over minutes (shared hosts) then slows the baseline and the fused call
+    # alike instead of skewing their ratio.
     _recycle_freed_memory()
     if bandwidth:
         measured = measure_bandwidth(device)
@@ -319,33 +325,37 @@ def run(
         log(f"memory bandwidth: copy {measured['copy_gbps']:.1f} GB/s, triad {measured['triad_gbps']:.1f} GB/s "
             f"({measured['array_mb']:.0f} MB arrays)")
     measured_bw = rows.meta.get("bandwidth", {}).get("gbps")
-    base = {}
+    rows.meta["timing"] = f"fastest of {ROUNDS} interleaved rounds, each the median of >= 3 calls over >= {ROUND_SECONDS} s"
+    groups: Dict[tuple, list] = {}
     for job in jobs:
-        case, backward = job["case"], job["backward"]
-        t = None
-        if job["note"] is None:
-            try:
-                t = median_time(job["fn"], device)
-            except torch.OutOfMemoryError:
-                job["note"] = "out of memory"
-        _release(device, job)
-        key = (case.name, backward)
-        if job["label"] == BASELINE:
-            base[key] = [t, job["mem"], None]
-        elif job["label"] == COMPILED:
-            base[key][2] = t
-        gbps = None
-        if case.op in MEMORY_BOUND_OPS and t is not None:
-            moved = case.bytes_forward(job["inputs"]) + (case.bytes_backward(job["inputs"]) if backward else 0)
-            gbps = moved / t / 1e9
-        compile_s = None
-        if job["label"] == COMPILED and t is not None and job["first"] is not None:
-            compile_s = max(job["first"] - t, 0.0)
-        b = base[key]
-        rows.append(_row(case, job["layout"], job["label"], "fwd+bwd" if backward else "fwd", t, job["mem"], b[0], b[1],
-                         gbps, peak_bw, compiled_seconds=b[2], measured_bw=measured_bw, compile_s=compile_s,
-                         note=job["note"]))
-        log(_format_row(rows[-1]))
+        groups.setdefault((id(job["case"]), job["backward"]), []).append(job)
+    for group in groups.values():
+        for _ in range(ROUNDS):
+            for job in group:
+                if job["note"] is not None:
+                    continue
+                try:
+                    t = median_time(job["fn"], device, min_seconds=ROUND_SECONDS)
+                    job["time"] = min(job.get("time", t), t)
+                except torch.OutOfMemoryError:
+                    job["note"] = "out of memory"
+                _release(device, job)
+        baseline = next(j for j in group if j["label"] == BASELINE)
+        compiled = next((j for j in group if j["label"] == COMPILED), None)
+        base_t, compiled_t = baseline.get("time"), compiled.get("time") if compiled else None
+        for job in group:
+            case, backward, t = job["case"], job["backward"], job.get("time")
+            gbps = None
+            if case.op in MEMORY_BOUND_OPS and t is not None:
+                moved = case.bytes_forward(job["inputs"]) + (case.bytes_backward(job["inputs"]) if backward else 0)
+                gbps = moved / t / 1e9
+            compile_s = None
+            if job["label"] == COMPILED and t is not None and job["first"] is not None:
+                compile_s = max(job["first"] - t, 0.0)
+            rows.append(_row(case, job["layout"], job["label"], "fwd+bwd" if backward else "fwd", t, job["mem"], base_t,
+                             baseline["mem"], gbps, peak_bw, compiled_seconds=compiled_t, measured_bw=measured_bw,
+                             compile_s=compile_s, note=job["note"]))
+            log(_format_row(rows[-1]))
     return rows
 
 
