@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastfields import bench
-from fastfields.bench import harness, report, scaling
+from fastfields.bench import backward, harness, report, scaling
 from fastfields.bench.harness import BASELINE, COMPILED, Case
 from fastfields.cli import main
 
@@ -90,9 +90,11 @@ def test_scaling_sweep_and_report(monkeypatch, tmp_path):
     rows = harness.Rows([harness._row(tiny_case(), "standard", "cpu", "fwd", 0.001, 2**21, 0.002, 2**22, 4.0, None,
                                       compiled_seconds=0.003, measured_bw=8.0)],
                         meta={"bandwidth": {"copy_gbps": 7.0, "triad_gbps": 8.0, "gbps": 8.0, "array_mb": 4.0}})
-    written = report.write_report(rows, tmp_path, torch.device("cpu"), False, scaling=points, note="a shared machine")
+    written = report.write_report(rows, tmp_path, torch.device("cpu"), False, scaling=points, note="a shared machine",
+                                  sections="## Backward vs forward\n\nrows")
     md = next(p for p in written if p.suffix == ".md").read_text()
     assert "copy 7.0 GB/s, triad 8.0 GB/s" in md and "a shared machine" in md and "## Scaling" in md
+    assert md.rstrip().endswith("## Backward vs forward\n\nrows")
     assert "| composite | 4096 points | cpu | fwd |" in md
     data = json.loads(next(p for p in written if p.suffix == ".json").read_text())
     assert data["meta"]["bandwidth"]["gbps"] == 8.0 and len(data["scaling"]) == 8
@@ -106,3 +108,15 @@ def test_scaling_sweep_and_report(monkeypatch, tmp_path):
 def test_gpu_report_refuses_without_a_gpu(tmp_path, capsys):
     assert main(["bench", "--gpu-report", "--out", str(tmp_path)]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_backward_profile_times_each_pass(monkeypatch):
+    """The bwd/fwd table (`python -m fastfields.bench.backward`, and the GPU report's last section)."""
+    monkeypatch.setattr(backward, "cases", lambda device, full=False: [tiny_case("composite")])
+    monkeypatch.setattr(backward, "fused_backends", lambda device: ["cpu"])
+    lines = []
+    rows = backward.profile("cpu", None, repeats=2, reps=2, log=lines.append)
+    assert [(r["op"], r["layout"], r["backend"]) for r in rows] == [("composite", "standard", "cpu")]
+    assert rows[0]["fwd_ms"] > 0 and rows[0]["bwd_ms"] > 0 and rows[0]["ratio"] == pytest.approx(rows[0]["bwd_ms"] / rows[0]["fwd_ms"])
+    assert lines == [backward.format_row(rows[0])] and lines[0].startswith("| composite | tiny | standard | cpu |")
+    assert backward.HEADER.count("|---") == backward.format_row(rows[0]).count(" | ") + 1

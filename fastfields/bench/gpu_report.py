@@ -7,6 +7,7 @@
 3. The full benchmark (eager, ``torch.compile`` of it, every fused backend; forward and
    forward+backward; bandwidth measured in the run) and the scaling sweep, written as
    ``<out>/<device>.{json,md,png}`` and ``<out>/<device>-scaling.png``.
+4. Every GPU backend's backward against its forward (:mod:`.backward`), appended to the report.
 
 Budget: about 8 minutes on one H100/H200 (the tests ~2-3, the benchmark ~3, scaling ~1);
 the exit status is the tests' (the report is written either way). ``.ci/gpu`` runs this
@@ -25,7 +26,8 @@ from typing import Optional
 def gpu_report(out_dir: Path, threads: Optional[int] = None, test_timeout: int = 240, tests_dir: Optional[Path] = None) -> int:
     import torch
 
-    from . import run, write_report
+    from . import fused_backends, run, write_report
+    from .backward import HEADER, format_row, profile
     from .scaling import run_scaling
 
     if not torch.cuda.is_available():
@@ -60,8 +62,13 @@ def gpu_report(out_dir: Path, threads: Optional[int] = None, test_timeout: int =
     log_line = lambda line: print(line, flush=True)  # noqa: E731
     rows = run(device=device, full=True, log=log_line, compile=True)
     scaling = run_scaling(device, compile=False, log=log_line)
+    backward_rows = []
+    for backend in fused_backends(device):
+        backward_rows += profile(backend, None, repeats=3, reps=5, log=log_line, device=device)
     note = (f"Written by `fastfields bench --gpu-report` in {time.perf_counter() - start:.0f} s "
             f"(tests {tests_s:.0f} s, status {status}).")
-    for path in write_report(rows, out_dir, device, True, scaling=scaling, note=note):
+    backward = ("## Backward vs forward (each op alone, fastest of 3 rounds)\n\n" + HEADER + "\n"
+                + "\n".join(format_row(r) for r in backward_rows))
+    for path in write_report(rows, out_dir, device, True, scaling=scaling, note=note, sections=backward):
         print(f"wrote {path}")
     return status

@@ -92,8 +92,9 @@ def summary_table(rows: List[Dict[str, object]]) -> str:
 
 
 def write_report(rows: List[Dict[str, object]], out_dir: Path, device: torch.device, full: bool,
-                 scaling: Optional[List[Dict[str, object]]] = None, note: str = "") -> List[Path]:
-    """Write ``<device>.json``, ``<device>.md`` and (with matplotlib) the plots; returns the paths."""
+                 scaling: Optional[List[Dict[str, object]]] = None, note: str = "", sections: str = "") -> List[Path]:
+    """Write ``<device>.json``, ``<device>.md`` and (with matplotlib) the plots; returns the paths.
+    ``sections``: more Markdown for the end of the report."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / device_slug(device)
@@ -141,7 +142,7 @@ def write_report(rows: List[Dict[str, object]], out_dir: Path, device: torch.dev
                  "Forward time against work (points, rays x samples, tokens, rays) per op and "
                  "implementation; the dotted line is the compulsory traffic at the measured bandwidth.\n\n"
                  + scaling_table(scaling) + "\n")
-    write_text(written[1], header + body)
+    write_text(written[1], header + body + (f"\n{sections.strip()}\n" if sections else ""))
     plot = _plot(rows, stem.with_suffix(".png"), meta["device"])
     written += [plot] if plot else []
     if scaling:
