@@ -157,8 +157,8 @@ void fwd_points(const VoxelSampleParams& p, const T* volume, const A* xyz, T* ou
 // interior point.
 // The weights, offsets, row pointers and sums are copied to locals first: a store to a
 // gradient row may alias anything reached through a pointer, so with the taps and the sums
-// behind pointers every (channel, corner) step reloaded and re-stored them, and the
-// backward's gather alone cost 3x the forward's.
+// behind pointers every (channel, corner) step reloaded and re-stored them (the gradient to
+// xyz alone took 1.8x the forward's time; 1.5x with locals).
 template <bool CL, bool ALL_INSIDE, bool ROWS, bool XYZ, typename T, typename A>
 FF_ALWAYS_INLINE void corner_pass_impl(const VoxelTaps<A>& t, const T* __restrict__ go, int64_t gC,
                                        const T* __restrict__ base, int64_t sC, A* const* rows_in, int64_t C,
