@@ -323,6 +323,32 @@ def test_nan_stays_in_its_ray(backend, device):
     assert torch.isfinite(rgb[others]).all() and torch.isfinite(depth[others]).all() and torch.isfinite(opacity[others]).all()
 
 
+# The CPU walks take the optics of 128 intervals at a time (32 with early stopping): rays of
+# 300 samples cross both chunk boundaries, in every geometry, forward and backward. The Triton
+# interpreter would take minutes over rays this long.
+LONG_RAY_BACKENDS = [p for p in BACKENDS if p.values[0] != "triton" or p.values[1] == "cuda"]
+
+
+@pytest.mark.parametrize("backend,device", LONG_RAY_BACKENDS)
+@pytest.mark.parametrize("C", [3, 6])
+def test_long_rays(backend, device, C):
+    for mode in ("nerf", "eg3d"):
+        x = make_dense(R=3, S=300, C=C, device=device)
+        if mode == "eg3d":
+            del x["deltas"]
+        names = dense_grad_names(mode)[:3] + (["deltas"] if mode == "nerf" else [])
+        kwargs = options("softplus", mode=mode, return_weights=True)
+        assert_all_close(run(dense_fn(backend), x, names, **kwargs), run(dense_fn("torch"), x, names, **kwargs), names)
+        with torch.no_grad():
+            got = dense_fn(backend)(x, t_threshold=0.05, **kwargs)
+            want = dense_fn("torch")(x, t_threshold=0.05, **kwargs)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, atol=2e-5, rtol=1e-4)
+    x, n_rays = make_packed(counts=[300, 0, 129, 31], C=C, device=device)
+    names = ["sigmas", "rgbs", "t_starts", "t_ends"]
+    assert_all_close(run(packed_fn(backend, n_rays), x, names), run(packed_fn("torch", n_rays), x, names), names)
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize(
     "R,S,C",
