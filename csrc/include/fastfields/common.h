@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 
 #include "fastfields/enums.h"  // option codes, generated from fastfields/_enums.py
 
@@ -115,7 +116,9 @@ enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 // CPU loops compiled twice, for the baseline ISA (SSE2 on x86-64: the extension is built
 // without -march so it runs anywhere) and with __attribute__((target("avx2"))), picked at run
 // time by ff_cpu_has_avx2(). Without FMA contraction (ISO C++ mode) both versions give bitwise
-// equal results, so the tests of one cover the other.
+// equal results; a version that contracts (composite's optics) differs by rounding.
+// FASTFIELDS_CPU_BASELINE=1 in the environment forces the baseline versions (the tests run
+// them that way too).
 // A loop body shared by both versions must be inlined into each (FF_ALWAYS_INLINE), or the
 // AVX2 version would call the baseline code.
 #if defined(__GNUC__) && !defined(__CUDACC__)
@@ -126,7 +129,11 @@ enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(__CUDACC__)
 #define FF_X86_AVX2_DISPATCH 1
 inline bool ff_cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2");
+  static const bool has = [] {
+    const char* forced = std::getenv("FASTFIELDS_CPU_BASELINE");
+    const bool baseline = forced != nullptr && forced[0] != '\0' && forced[0] != '0';
+    return !baseline && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
   return has;
 }
 #endif
