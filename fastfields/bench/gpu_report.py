@@ -9,7 +9,8 @@
    ``<out>/<device>.{json,md,png}`` and ``<out>/<device>-scaling.png``.
 4. Every GPU backend's backward against its forward (:mod:`.backward`), appended to the report.
 
-Budget: about 8 minutes on one H100/H200 (the tests ~2-3, the benchmark ~3, scaling ~1);
+Budget: about 8 minutes on one H100/H200 (the tests ~2-3, the benchmark ~3, scaling and the
+backward table ~1);
 the exit status is the tests' (the report is written either way). ``.ci/gpu`` runs this
 after installing fastfields without dependencies.
 """
