@@ -1,5 +1,10 @@
 """composite / composite_packed: every backend against the PyTorch reference, forward and backward."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -661,11 +666,6 @@ CPU_BACKENDS = [p for p in BACKENDS if p.values[0] == "cpu"]
 def test_cpu_baseline_isa(backend, device):
     """The CPU kernels' baseline (SSE2) loops, which machines with AVX2 + FMA never run:
     FASTFIELDS_CPU_BASELINE=1 forces them, in a fresh process (the choice is made once)."""
-    import os
-    import subprocess
-    import sys
-    import textwrap
-
     script = textwrap.dedent("""
         import torch
         import fastfields as ff
