@@ -238,7 +238,7 @@ template <typename T, typename A>
 void bwd_rows(const T* grad_out, const T* x, const A* dxhat_dout, const A* mean, const A* rstd, T* grad_x, A* P,
               A* Q, int64_t L, int64_t D, int64_t b, int64_t l_begin, int64_t l_end) {
 #ifdef FF_X86_AVX2_DISPATCH
-  if (ff_cpu_has_avx2()) {
+  if (ff_cpu_has_avx2_fma()) {
     bwd_rows_avx2<T, A>(grad_out, x, dxhat_dout, mean, rstd, grad_x, P, Q, L, D, b, l_begin, l_end);
     return;
   }

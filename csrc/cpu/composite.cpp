@@ -52,6 +52,15 @@ void run_rays(const Inputs& in, const CompositeArgs& g, bool backward) {
     const CompositeParams<scalar_t, A> p = composite_params<scalar_t, A>(g);
     by_geometry(g.geometry, [&](auto geom) {
       constexpr int GEOM = decltype(geom)::value;
+      // CMAX 4: colours of up to 4 channels in registers; 0: any C.
+      auto forward = [&](auto chunk, int64_t r) {
+        constexpr int CHUNK = decltype(chunk)::value;
+        if (p.C <= 4) {
+          composite_forward_ray<GEOM, 4, CHUNK>(p, r);
+        } else {
+          composite_forward_ray<GEOM, 0, CHUNK>(p, r);
+        }
+      };
       at::parallel_for(0, p.R, grain, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
           if (backward && p.C <= 4) {
@@ -59,15 +68,9 @@ void run_rays(const Inputs& in, const CompositeArgs& g, bool backward) {
           } else if (backward) {
             composite_backward_ray<GEOM, kChunk, 0>(p, r);
           } else if (p.t_threshold > 0) {
-            if (p.C <= 4) {
-              composite_forward_ray<GEOM, 4, kChunkEarlyStop>(p, r);
-            } else {
-              composite_forward_ray<GEOM, 0, kChunkEarlyStop>(p, r);
-            }
-          } else if (p.C <= 4) {
-            composite_forward_ray<GEOM, 4, kChunk>(p, r);
+            forward(std::integral_constant<int, kChunkEarlyStop>(), r);
           } else {
-            composite_forward_ray<GEOM, 0, kChunk>(p, r);
+            forward(std::integral_constant<int, kChunk>(), r);
           }
         }
       });

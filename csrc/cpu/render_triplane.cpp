@@ -33,9 +33,9 @@
 #include <tuple>
 #include <vector>
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include "fastfields/common.h"  // FF_X86_AVX2_DISPATCH, ff_cpu_has_avx2_fma
+#ifdef FF_X86_AVX2_DISPATCH
 #include <immintrin.h>
-#define FF_RT_X86 1
 #endif
 
 #include "fastfields/composite.h"
@@ -91,7 +91,7 @@ inline void gemm_portable(const Gemm& g) {
   }
 }
 
-#ifdef FF_RT_X86
+#ifdef FF_X86_AVX2_DISPATCH
 // One MR x (8 NV) block of C in MR * NV ymm accumulators (6 x 2: 12 of the 16 registers).
 template <int MR, int NV>
 __attribute__((target("avx2,fma"), always_inline)) inline void gemm_block_avx2(const Gemm& g, int64_t i0,
@@ -164,17 +164,12 @@ __attribute__((target("avx2,fma"))) void gemm_avx2(const Gemm& g) {
   for (; j0 + 16 <= g.N; j0 += 16) gemm_columns_avx2<2>(g, j0);
   if (j0 < g.N) gemm_columns_avx2<1>(g, j0);
 }
-
-inline bool cpu_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
 #endif
 
 inline void gemm(const Gemm& g) {
   if (g.M <= 0 || g.N <= 0) return;
-#ifdef FF_RT_X86
-  if (cpu_has_avx2_fma()) {
+#ifdef FF_X86_AVX2_DISPATCH
+  if (ff_cpu_has_avx2_fma()) {
     gemm_avx2(g);
     return;
   }
@@ -452,7 +447,7 @@ FF_HD_INLINE void scatter_features_impl(const Problem& p, Workspace& ws, int64_t
 
 // The channel loops above compiled for AVX2 too (8 floats a vector instead of SSE2's 4),
 // picked at run time like the GEMM.
-#ifdef FF_RT_X86
+#ifdef FF_X86_AVX2_DISPATCH
 template <typename T>
 __attribute__((target("avx2,fma"))) void gather_features_avx2(const Problem& p, const T* planes, Workspace& ws,
                                                               int64_t n) {
@@ -467,8 +462,8 @@ __attribute__((target("avx2,fma"))) void scatter_features_avx2(const Problem& p,
 
 template <typename T>
 void gather_features(const Problem& p, const T* planes, Workspace& ws, int64_t n) {
-#ifdef FF_RT_X86
-  if (cpu_has_avx2_fma()) {
+#ifdef FF_X86_AVX2_DISPATCH
+  if (ff_cpu_has_avx2_fma()) {
     gather_features_avx2(p, planes, ws, n);
     return;
   }
@@ -477,8 +472,8 @@ void gather_features(const Problem& p, const T* planes, Workspace& ws, int64_t n
 }
 
 void scatter_features(const Problem& p, Workspace& ws, int64_t n, float* grad_planes) {
-#ifdef FF_RT_X86
-  if (cpu_has_avx2_fma()) {
+#ifdef FF_X86_AVX2_DISPATCH
+  if (ff_cpu_has_avx2_fma()) {
     scatter_features_avx2(p, ws, n, grad_planes);
     return;
   }

@@ -114,11 +114,12 @@ FF_HD A ff_floor(A x) {
 enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 // CPU loops compiled twice, for the baseline ISA (SSE2 on x86-64: the extension is built
-// without -march so it runs anywhere) and with __attribute__((target("avx2"))), picked at run
-// time by ff_cpu_has_avx2(). Without FMA contraction (ISO C++ mode) both versions give bitwise
-// equal results; a version that contracts (composite's optics) differs by rounding.
-// FASTFIELDS_CPU_BASELINE=1 in the environment forces the baseline versions (the tests run
-// them that way too).
+// without -march so it runs anywhere) and with __attribute__((target("avx2"))) or
+// ("avx2,fma"), picked at run time by ff_cpu_has_avx2_fma() (AVX2 machines without FMA are
+// rare enough to take the baseline). Without FMA contraction (ISO C++ mode) both versions give
+// bitwise equal results; a version that contracts (composite's optics, render_triplane's
+// GEMM) differs by rounding. FASTFIELDS_CPU_BASELINE=1 in the environment forces the baseline
+// versions (the tests run them that way too).
 // A loop body shared by both versions must be inlined into each (FF_ALWAYS_INLINE), or the
 // AVX2 version would call the baseline code.
 #if defined(__GNUC__) && !defined(__CUDACC__)
@@ -128,7 +129,7 @@ enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 #endif
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(__CUDACC__)
 #define FF_X86_AVX2_DISPATCH 1
-inline bool ff_cpu_has_avx2() {
+inline bool ff_cpu_has_avx2_fma() {
   static const bool has = [] {
     const char* forced = std::getenv("FASTFIELDS_CPU_BASELINE");
     const bool baseline = forced != nullptr && forced[0] != '\0' && forced[0] != '0';

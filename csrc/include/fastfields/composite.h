@@ -326,7 +326,7 @@ __attribute__((target("avx2,fma"), optimize("fp-contract=fast"))) void composite
 template <int GEOM, int ACT, bool GRAD, int CHUNK, typename T, typename A>
 FF_HD void composite_optics_act(const CompositeParams<T, A>& p, int64_t k0, int len, Optics<A, CHUNK>& o) {
 #ifdef FF_X86_AVX2_DISPATCH
-  if (ff_cpu_has_avx2()) {
+  if (ff_cpu_has_avx2_fma()) {
     composite_optics_avx2<GEOM, ACT, GRAD>(p, k0, len, o);
     return;
   }
@@ -389,7 +389,7 @@ __attribute__((target("avx2"))) void composite_interval_grads_avx2(Optics<A, CHU
 template <int CHUNK, typename A>
 FF_HD void composite_interval_grads(Optics<A, CHUNK>& o, int len, A total, A scale, A eps) {
 #ifdef FF_X86_AVX2_DISPATCH
-  if (ff_cpu_has_avx2()) {
+  if (ff_cpu_has_avx2_fma()) {
     composite_interval_grads_avx2(o, len, total, scale, eps);
     return;
   }

@@ -45,6 +45,23 @@ FF_HD int voxel_corner_dx(int k) { return k & 1; }
 FF_HD int voxel_corner_dy(int k) { return (k >> 1) & 1; }
 FF_HD int voxel_corner_dz(int k) { return k >> 2; }
 
+// Corner k's trilinear weight and (GRAD) its derivatives along x, y, z, from the per-axis
+// weights w*[0 / 1] and coordinate scales d*.
+template <typename A, bool GRAD>
+FF_HD void voxel_corner_weights(VoxelTaps<A>& t, int k, const A wx[2], const A wy[2], const A wz[2], A dx_coord,
+                                A dy_coord, A dz_coord) {
+  const int dx = voxel_corner_dx(k);
+  const int dy = voxel_corner_dy(k);
+  const int dz = voxel_corner_dz(k);
+  // x * y * z, the product order of ATen's grid sampler.
+  t.w[k] = wx[dx] * wy[dy] * wz[dz];
+  if (GRAD) {
+    t.dwx[k] = (dx ? wy[dy] : -wy[dy]) * wz[dz] * dx_coord;
+    t.dwy[k] = (dy ? wx[dx] : -wx[dx]) * wz[dz] * dy_coord;
+    t.dwz[k] = (dz ? wx[dx] : -wx[dx]) * wy[dy] * dz_coord;
+  }
+}
+
 // GRAD = false leaves dwx / dwy / dwz unset (the forward never reads them).
 template <typename A, bool GRAD = true>
 FF_HD VoxelTaps<A> voxel_taps(A x, A y, A z, const VoxelSampleParams& p) {
@@ -76,12 +93,7 @@ FF_HD VoxelTaps<A> voxel_taps(A x, A y, A z, const VoxelSampleParams& p) {
       const int dy = voxel_corner_dy(k);
       const int dz = voxel_corner_dz(k);
       t.off[k] = base + dz * sD + dy * sH + dx * sW;
-      t.w[k] = wx[dx] * wy[dy] * wz[dz];
-      if (GRAD) {
-        t.dwx[k] = (dx ? wy[dy] : -wy[dy]) * wz[dz] * tx.dcoord;
-        t.dwy[k] = (dy ? wx[dx] : -wx[dx]) * wz[dz] * ty.dcoord;
-        t.dwz[k] = (dz ? wx[dx] : -wx[dx]) * wy[dy] * tz.dcoord;
-      }
+      voxel_corner_weights<A, GRAD>(t, k, wx, wy, wz, tx.dcoord, ty.dcoord, tz.dcoord);
     }
     return t;
   }
@@ -98,13 +110,7 @@ FF_HD VoxelTaps<A> voxel_taps(A x, A y, A z, const VoxelSampleParams& p) {
     if (inx[dx] && iny[dy] && inz[dz]) {
       t.mask |= (1u << k);
       t.off[k] = (tz.i0 + dz) * sD + (ty.i0 + dy) * sH + (tx.i0 + dx) * sW;
-      // x * y * z, the product order of ATen's grid sampler.
-      t.w[k] = wx[dx] * wy[dy] * wz[dz];
-      if (GRAD) {
-        t.dwx[k] = (dx ? wy[dy] : -wy[dy]) * wz[dz] * tx.dcoord;
-        t.dwy[k] = (dy ? wx[dx] : -wx[dx]) * wz[dz] * ty.dcoord;
-        t.dwz[k] = (dz ? wx[dx] : -wx[dx]) * wy[dy] * tz.dcoord;
-      }
+      voxel_corner_weights<A, GRAD>(t, k, wx, wy, wz, tx.dcoord, ty.dcoord, tz.dcoord);
     } else {
       t.off[k] = 0;
       t.w[k] = A(0);
