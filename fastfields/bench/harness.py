@@ -100,7 +100,7 @@ _allocator = {"recycling": False}
 def _recycle_freed_memory():
     """Keep freed blocks (up to 1 GB) in glibc's heap for reuse, so a timed call pays no page
     faults for memory the previous call released, as with a caching allocator."""
-    _mallopt(_RECYCLED_BELOW, 2 * _RECYCLED_BELOW)
+    _mallopt(_RECYCLED_BELOW, 2**31 - 1)  # trim threshold: mallopt takes a C int; the largest
     _allocator["recycling"] = True
 
 
