@@ -7,11 +7,14 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "fastfields/tensorf_vm_sample.h"
 #include "fastfields/tensorf_vm_sample_bind.h"
+#include "fastfields/cpu_gather.h"
 #include "fastfields/schemas.h"
 
 namespace fastfields {
@@ -145,13 +148,33 @@ template <typename A>
 struct PointTaps {
   PlaneTaps<A> plane[3];
   LineTaps<A> line[3];
+  int64_t n;  // the point's index (its output row)
   bool ok;
 };
 
+// The points in processing order: position i is point order[i] with coordinates gathered at
+// gathered + 3 * i (spatial order), or point i itself (no order).
 template <typename A>
-inline void prepare_point(const VmSampleParams& p, const A* xyz, int64_t n, PointTaps<A>& q) {
+struct PointStream {
+  const A* xyz;
+  const int64_t* order;
+  const A* gathered;
+};
+
+template <typename A>
+inline void prepare_point(const VmSampleParams& p, const PointStream<A>& s, int64_t i, PointTaps<A>& q) {
   A pt[3];
-  q.ok = vm_load_point<A>(xyz, p, n, pt);
+  if (s.order) {
+    q.n = s.order[i];
+    const A* c = s.gathered + 3 * i;
+    pt[0] = c[0];
+    pt[1] = c[1];
+    pt[2] = c[2];
+    q.ok = ff_isfinite(pt[0]) && ff_isfinite(pt[1]) && ff_isfinite(pt[2]);
+  } else {
+    q.n = i;
+    q.ok = vm_load_point<A>(s.xyz, p, i, pt);
+  }
   if (!q.ok) return;
   for (int k = 0; k < 3; ++k) {
     q.plane[k] = vm_plane_taps<A>(vm_pick(pt, p.mat_mode[2 * k]), vm_pick(pt, p.mat_mode[2 * k + 1]), p, k);
@@ -159,11 +182,16 @@ inline void prepare_point(const VmSampleParams& p, const A* xyz, int64_t n, Poin
   }
 }
 
-template <int kWrite = 0>
-inline void prefetch_bytes(const void* ptr, int64_t bytes) {
-  const char* c = static_cast<const char*>(ptr);
-  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, kWrite);
-  __builtin_prefetch(c + bytes - 1, kWrite);
+// The points' processing order (fastfields/cpu_gather.h), from the size of the planes they read.
+template <typename T, typename A>
+PointOrder<A> vm_order(const VmSampleParams& p, const A* xyz) {
+  int64_t bytes = 0, side = 0;
+  for (int k = 0; k < 3; ++k) {
+    bytes += p.R[k] * p.H[k] * p.W[k] * int64_t(sizeof(T));
+    side = std::max({side, p.H[k], p.W[k], p.L[k]});
+  }
+  const PointSet<A> pts{xyz, 1, p.N, 0, p.xyz_strides[0], p.xyz_strides[1]};
+  return spatial_order<A>(pts, bytes, side);
 }
 
 // Channels-last: one contiguous run of R values per corner, and the x0 / x1 corners of a row
@@ -219,28 +247,30 @@ inline void prefetch_grad_rows(const VmSampleParams& p, const GradBuffers<A>& gb
 // ---------------------------------------------------------------------------------------
 
 template <typename T, typename A>
-void fwd_points(const VmSampleParams& p, const T* const planes[3], const A* const lines[3], const A* xyz, T* out,
-                int64_t begin, int64_t end) {
+void fwd_points(const VmSampleParams& p, const T* const planes[3], const A* const lines[3], const PointStream<A>& pts,
+                T* out, int64_t begin, int64_t end) {
   const int64_t max_R = std::max({p.R[0], p.R[1], p.R[2]});
   std::vector<A> buf(static_cast<size_t>(2 * max_R));
   A* prod = buf.data();
   A* scratch = prod + max_R;
+  const bool concat = p.reduce == kReduceConcat;
+  const int64_t out_row = concat ? p.total_R : 1;
   PointTaps<A> ring[kLookahead];
+  auto prepare = [&](int64_t i, PointTaps<A>& q) {
+    prepare_point<A>(p, pts, i, q);
+    prefetch_planes<T, A>(p, planes, q);
+    if (pts.order) prefetch_bytes<1>(out + q.n * out_row, out_row * int64_t(sizeof(T)));  // rows out of order
+  };
   for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) {
-    prepare_point<A>(p, xyz, i, ring[(i - begin) % kLookahead]);
-    prefetch_planes<T, A>(p, planes, ring[(i - begin) % kLookahead]);
+    prepare(i, ring[(i - begin) % kLookahead]);
   }
-  for (int64_t n = begin; n < end; ++n) {
-    PointTaps<A>& slot = ring[(n - begin) % kLookahead];
+  for (int64_t i = begin; i < end; ++i) {
+    PointTaps<A>& slot = ring[(i - begin) % kLookahead];
     const PointTaps<A> q = slot;
-    if (n + kLookahead < end) {
-      prepare_point<A>(p, xyz, n + kLookahead, slot);
-      prefetch_planes<T, A>(p, planes, slot);
-    }
-    const bool concat = p.reduce == kReduceConcat;
-    T* __restrict__ o = concat ? out + n * p.total_R : out + n;
+    if (i + kLookahead < end) prepare(i + kLookahead, slot);
+    T* __restrict__ o = out + q.n * out_row;
     if (!q.ok) {
-      for (int64_t c = 0; c < (concat ? p.total_R : 1); ++c) o[c] = ff_store<T>(A(0));
+      for (int64_t c = 0; c < out_row; ++c) o[c] = ff_store<T>(A(0));
       continue;
     }
     A acc = A(0);
@@ -353,35 +383,39 @@ inline void pair_backward(const VmSampleParams& p, int k, const T* __restrict__ 
   }
 }
 
-// Processes points [begin, end); gxyz (may be null) is [N, 3].
+// Processes positions [begin, end) of the point stream; gxyz (may be null) is [N, 3].
 template <typename T, typename A>
 void bwd_points(const VmSampleParams& p, const T* grad_out, int64_t g_sN, int64_t g_sR, const T* const planes[3],
-                const A* const lines[3], const A* xyz, const GradBuffers<A>& gb, A* gxyz, int64_t begin,
-                int64_t end) {
+                const A* const lines[3], const PointStream<A>& pts, const GradBuffers<A>& gb, A* gxyz,
+                int64_t begin, int64_t end) {
   const int64_t max_R = std::max({p.R[0], p.R[1], p.R[2]});
   std::vector<A> buf(static_cast<size_t>(4 * max_R));
   A* g = buf.data();
   A* work = g + max_R;
   const bool need_values = gxyz != nullptr || gb.line[0] != nullptr;
+  const bool concat = p.reduce == kReduceConcat;
   PointTaps<A> ring[kLookahead];
   auto prepare = [&](int64_t i, PointTaps<A>& q) {
-    prepare_point<A>(p, xyz, i, q);
+    prepare_point<A>(p, pts, i, q);
     if (need_values) prefetch_planes<T, A>(p, planes, q);
     prefetch_grad_rows<A>(p, gb, q);
+    if (pts.order && q.ok && concat && g_sR == 1) {  // rows out of order
+      prefetch_bytes(grad_out + q.n * g_sN, p.total_R * int64_t(sizeof(T)));
+    }
   };
   for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) {
     prepare(i, ring[(i - begin) % kLookahead]);
   }
-  for (int64_t n = begin; n < end; ++n) {
-    PointTaps<A>& slot = ring[(n - begin) % kLookahead];
+  for (int64_t i = begin; i < end; ++i) {
+    PointTaps<A>& slot = ring[(i - begin) % kLookahead];
     const PointTaps<A> q = slot;
-    if (n + kLookahead < end) prepare(n + kLookahead, slot);
+    if (i + kLookahead < end) prepare(i + kLookahead, slot);
     A dxyz[3] = {A(0), A(0), A(0)};
     if (q.ok) {
-      const T* go = grad_out + n * g_sN;
+      const T* go = grad_out + q.n * g_sN;
       for (int k = 0; k < 3; ++k) {
         const int64_t R = p.R[k];
-        if (p.reduce == kReduceSum) {
+        if (!concat) {
           const A gs = ff_load<A>(go[0]);
           for (int64_t r = 0; r < R; ++r) g[r] = gs;
         } else {
@@ -396,25 +430,49 @@ void bwd_points(const VmSampleParams& p, const T* grad_out, int64_t g_sN, int64_
       }
     }
     if (gxyz) {
-      gxyz[n * 3] = dxyz[0];
-      gxyz[n * 3 + 1] = dxyz[1];
-      gxyz[n * 3 + 2] = dxyz[2];
+      gxyz[q.n * 3] = dxyz[0];
+      gxyz[q.n * 3 + 1] = dxyz[1];
+      gxyz[q.n * 3 + 2] = dxyz[2];
     }
   }
 }
 
-// dst (any strides, [R, H, W] or [R, L]) = sum over slots of channels-last sources
-// [rows, R] at src + s * slot_stride. Rows are walked in blocks so both sides stay in cache.
-template <typename T, typename A>
-void sum_slots_into(const at::Tensor& dst, const A* src, int64_t slots, int64_t slot_stride) {
+// True when dst ([R, H, W] or [R, L]) is stored as a dense channels-last [rows, R] buffer of
+// the accumulation dtype A, i.e. exactly as the kernels accumulate.
+template <typename A>
+bool is_accumulation_layout(const at::Tensor& dst) {
+  if (dst.scalar_type() != c10::CppTypeToScalarType<A>::value) return false;
   const int64_t R = dst.size(0);
-  const int64_t rows = dst.numel() / std::max<int64_t>(1, R);
-  const int64_t sR = dst.stride(0);
+  if (dst.dim() == 3) return dst.stride(0) == 1 && dst.stride(2) == R && dst.stride(1) == dst.size(2) * R;
+  return dst.stride(0) == 1 && dst.stride(1) == R;
+}
+
+// dst ([R, H, W] or [R, L], any strides) = sum of the channels-last [rows, R] sources; when
+// in_place, dst's storage is the first source (is_accumulation_layout) and the others are
+// added to it.
+template <typename T, typename A>
+void sum_slots_into(const at::Tensor& dst, const std::vector<const A*>& srcs, bool in_place) {
+  const int64_t R = dst.size(0);
+  const int64_t elems = dst.numel();
+  const int64_t rows = elems / std::max<int64_t>(1, R);
+  const int64_t n = static_cast<int64_t>(srcs.size());
+  T* out = dst.mutable_data_ptr<T>();
+  if (in_place) {  // same layout on both sides: element-wise, contiguous
+    at::parallel_for(0, elems, 16384, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        A v = ff_load<A>(out[i]);
+        for (int64_t j = 1; j < n; ++j) v += srcs[j][i];
+        out[i] = ff_store<T>(v);
+      }
+    });
+    return;
+  }
   // A row index of the source is h * W + w for planes and l for lines.
+  const int64_t sR = dst.stride(0);
   const int64_t W = dst.dim() == 3 ? dst.size(2) : rows;
   const int64_t sH = dst.dim() == 3 ? dst.stride(1) : 0;
   const int64_t sW = dst.stride(dst.dim() - 1);
-  T* out = dst.mutable_data_ptr<T>();
+  // Rows walked in blocks so both sides of the transposition stay in cache.
   constexpr int64_t kBlock = 16;
   at::parallel_for(0, (rows + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
@@ -422,9 +480,9 @@ void sum_slots_into(const at::Tensor& dst, const A* src, int64_t slots, int64_t 
       const int64_t row1 = std::min(rows, row0 + kBlock);
       for (int64_t r = 0; r < R; ++r) {
         for (int64_t row = row0; row < row1; ++row) {
-          A s = src[row * R + r];
-          for (int64_t slot = 1; slot < slots; ++slot) s += src[slot * slot_stride + row * R + r];
-          out[r * sR + (row / W) * sH + (row % W) * sW] = ff_store<T>(s);
+          A v = srcs[0][row * R + r];
+          for (int64_t j = 1; j < n; ++j) v += srcs[j][row * R + r];
+          out[r * sR + (row / W) * sH + (row % W) * sW] = ff_store<T>(v);
         }
       }
     }
@@ -476,9 +534,11 @@ at::Tensor tensorf_vm_sample_fwd_cpu(at::TensorList planes, at::TensorList lines
       line_ptrs[k] = in.lines[k].const_data_ptr<A>();
     }
     const A* xp = in.xyz.const_data_ptr<A>();
+    const PointOrder<A> order = vm_order<scalar_t, A>(p, xp);
+    const PointStream<A> pts{xp, order.order_ptr(), order.xyz_ptr()};
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, p.N, kPointGrain, [&](int64_t begin, int64_t end) {
-      fwd_points<scalar_t, A>(p, plane_ptrs, line_ptrs, xp, op, begin, end);
+      ff_with_avx2([&] { fwd_points<scalar_t, A>(p, plane_ptrs, line_ptrs, pts, op, begin, end); });
     });
   });
   return out;
@@ -509,13 +569,14 @@ std::vector<at::Tensor> tensorf_vm_sample_bwd_cpu(const at::Tensor& grad_out, at
   }
   at::Tensor gxyz_a = need_xyz ? at::empty({p.N, 3}, in.xyz.options()) : at::Tensor();
 
-  // One scratch buffer per slot: channels-last plane gradients, then line gradients.
-  int64_t seg[7] = {0};
+  // Elements of each gradient buffer: planes k = 0..2, then lines k = 0..2.
+  int64_t size[6];
   for (int k = 0; k < 3; ++k) {
-    seg[k + 1] = seg[k] + (need_planes ? p.H[k] * p.W[k] * p.R[k] : 0);
+    size[k] = need_planes ? p.H[k] * p.W[k] * p.R[k] : 0;
+    size[3 + k] = need_lines ? p.L[k] * p.R[k] : 0;
   }
-  for (int k = 0; k < 3; ++k) seg[k + 4] = seg[k + 3] + (need_lines ? p.L[k] * p.R[k] : 0);
-  const int64_t elems = seg[6];
+  int64_t elems = 0;
+  for (int64_t e : size) elems += e;
 
   // Slots: per-thread accumulation buffers, each owned by one thread for a contiguous range
   // of points, summed at the end (no atomics). Fewer when the buffers would cost more than the
@@ -526,7 +587,6 @@ std::vector<at::Tensor> tensorf_vm_sample_bwd_cpu(const at::Tensor& grad_out, at
   constexpr int64_t kMaxScratchBytes = int64_t(1) << 30;
   const int64_t slot_bytes = std::max<int64_t>(1, elems * int64_t(at::elementSize(adt)));
   slots = std::max<int64_t>(1, std::min({slots, kMaxScratchBytes / slot_bytes, p.N}));
-  at::Tensor scratch = at::empty({elems > 0 ? slots : 0, elems}, in.xyz.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "tensorf_vm_sample_bwd_cpu", [&] {
     using A = acc_t<scalar_t>;
@@ -537,33 +597,59 @@ std::vector<at::Tensor> tensorf_vm_sample_bwd_cpu(const at::Tensor& grad_out, at
       line_ptrs[k] = in.lines[k].const_data_ptr<A>();
     }
     const A* xp = in.xyz.const_data_ptr<A>();
+    const PointOrder<A> order = vm_order<scalar_t, A>(p, xp);
+    const PointStream<A> pts{xp, order.order_ptr(), order.xyz_ptr()};
     const scalar_t* gop = go.const_data_ptr<scalar_t>();
     A* gx = need_xyz ? gxyz_a.mutable_data_ptr<A>() : nullptr;
     if (elems == 0) {  // only xyz: every point is independent
       const GradBuffers<A> none{{nullptr, nullptr, nullptr}, {nullptr, nullptr, nullptr}};
       at::parallel_for(0, p.N, kPointGrain, [&](int64_t begin, int64_t end) {
-        bwd_points<scalar_t, A>(p, gop, g_sN, g_sR, plane_ptrs, line_ptrs, xp, none, gx, begin, end);
+        ff_with_avx2([&] { bwd_points<scalar_t, A>(p, gop, g_sN, g_sR, plane_ptrs, line_ptrs, pts, none, gx, begin, end); });
       });
       return;
     }
-    A* scratch_p = scratch.mutable_data_ptr<A>();
-    const int64_t slot_stride = elems;
+    // Where slot s accumulates gradient j (j = plane k, then line 3 + k): slot 0 straight into
+    // a result stored as the kernels accumulate (channels-last planes of the accumulation
+    // dtype: the common training case, which then needs no copy), everything else in scratch.
+    std::vector<std::array<A*, 6>> where(static_cast<size_t>(slots));
+    bool in_place[6];
+    int64_t scratch_elems = 0;
+    for (int j = 0; j < 6; ++j) {
+      in_place[j] = size[j] > 0 && is_accumulation_layout<A>(grads[j]);
+      scratch_elems += (slots - (in_place[j] ? 1 : 0)) * size[j];
+    }
+    at::Tensor scratch = at::empty({scratch_elems}, in.xyz.options());
+    A* next = scratch.mutable_data_ptr<A>();
+    for (int64_t s = 0; s < slots; ++s) {
+      for (int j = 0; j < 6; ++j) {
+        if (size[j] == 0) {
+          where[s][j] = nullptr;
+        } else if (s == 0 && in_place[j]) {
+          where[s][j] = grads[j].mutable_data_ptr<A>();
+        } else {
+          where[s][j] = next;
+          next += size[j];
+        }
+      }
+    }
     at::parallel_for(0, slots, 1, [&](int64_t s0, int64_t s1) {
       for (int64_t s = s0; s < s1; ++s) {
-        A* buf = scratch_p + s * slot_stride;
-        std::memset(buf, 0, sizeof(A) * static_cast<size_t>(elems));
         GradBuffers<A> gb;
-        for (int k = 0; k < 3; ++k) {
-          gb.plane[k] = need_planes ? buf + seg[k] : nullptr;
-          gb.line[k] = need_lines ? buf + seg[3 + k] : nullptr;
+        for (int j = 0; j < 6; ++j) {
+          if (where[s][j]) std::memset(where[s][j], 0, sizeof(A) * static_cast<size_t>(size[j]));
+          (j < 3 ? gb.plane[j] : gb.line[j - 3]) = where[s][j];
         }
-        bwd_points<scalar_t, A>(p, gop, g_sN, g_sR, plane_ptrs, line_ptrs, xp, gb, gx, p.N * s / slots,
-                                p.N * (s + 1) / slots);
+        ff_with_avx2([&] {
+          bwd_points<scalar_t, A>(p, gop, g_sN, g_sR, plane_ptrs, line_ptrs, pts, gb, gx, p.N * s / slots,
+                                  p.N * (s + 1) / slots);
+        });
       }
     });
-    for (int k = 0; k < 3; ++k) {
-      if (need_planes) sum_slots_into<scalar_t, A>(grads[k], scratch_p + seg[k], slots, slot_stride);
-      if (need_lines) sum_slots_into<scalar_t, A>(grads[3 + k], scratch_p + seg[3 + k], slots, slot_stride);
+    for (int j = 0; j < 6; ++j) {
+      if (size[j] == 0 || (in_place[j] && slots == 1)) continue;
+      std::vector<const A*> srcs;
+      for (int64_t s = 0; s < slots; ++s) srcs.push_back(where[s][j]);
+      sum_slots_into<scalar_t, A>(grads[j], srcs, in_place[j]);
     }
   });
   grads[6] = need_xyz ? gxyz_a.to(xyz.scalar_type()) : at::empty({0}, xyz.options());

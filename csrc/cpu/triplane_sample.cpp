@@ -10,7 +10,7 @@
 // planes are large relative to the work) that are summed in parallel at the end, and is
 // returned as a channels-last-strided [B, 3, C, H, W] tensor.
 // Large problems with incoherent points are processed in a spatial (Morton) order so the
-// plane reads and gradient writes stay in cache (spatial_order).
+// plane reads and gradient writes stay in cache (fastfields/cpu_gather.h).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -26,6 +26,7 @@
 #include "fastfields/triplane_sample.h"
 #include "fastfields/triplane_sample_bind.h"
 #include "fastfields/schemas.h"
+#include "fastfields/cpu_gather.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -219,7 +220,7 @@ inline void store_row(T* __restrict__ out, const A* __restrict__ src, int64_t n,
 
 // ---------------------------------------------------------------------------------------
 // Per-point taps, computed kLookahead points ahead of their use so that the point's
-// scattered output / grad_out rows can be prefetched (see spatial_order below).
+// scattered output / grad_out rows can be prefetched (see triplane_order below).
 // ---------------------------------------------------------------------------------------
 
 constexpr int kLookahead = 8;
@@ -256,125 +257,11 @@ inline void prepare_point_gathered(const TriplaneSampleParams& p, const A* pt, i
   }
 }
 
-template <int RW>
-inline void prefetch_bytes(const void* ptr, int64_t bytes) {
-  const char* c = static_cast<const char*>(ptr);
-  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, RW);
-  __builtin_prefetch(c + bytes - 1, RW);
-}
-
-// ---------------------------------------------------------------------------------------
-// Spatial ordering. Random (incoherent) points read the planes at random places, and once
-// the planes outgrow the L2 cache every tap is a cache miss. Processing the points in the
-// Morton order of a coarse 3D grid makes consecutive points read (and, backward, write)
-// neighbouring plane rows, since a 3D neighbourhood projects to a neighbourhood on every
-// plane. The order is a stable counting sort (O(points)); outputs are still written at each
-// point's own index. Skipped for small problems and for inputs that are already coherent
-// (e.g. samples along rays).
-// ---------------------------------------------------------------------------------------
-
-inline uint32_t morton_spread3(uint32_t v) {  // 10 bits -> every third bit
-  v &= 0x3ffu;
-  v = (v | (v << 16)) & 0x030000ffu;
-  v = (v | (v << 8)) & 0x0300f00fu;
-  v = (v | (v << 4)) & 0x030c30c3u;
-  v = (v | (v << 2)) & 0x09249249u;
-  return v;
-}
-
-template <typename A>
-inline uint32_t morton_cell(A c, A scale, uint32_t cells) {
-  const A f = (c + A(1)) * scale;  // [-1, 1] -> [0, cells]
-  if (!(f > A(0))) return 0u;      // also NaN
-  if (f >= static_cast<A>(cells)) return cells - 1;
-  return static_cast<uint32_t>(f);
-}
-
-// Processing order of the B * N points (empty: their own order) and their coordinates
-// gathered in that order ([3] per point), so the kernels read them sequentially.
-template <typename A>
-struct PointOrder {
-  std::vector<int64_t> order;
-  std::vector<A> xyz;
-  const int64_t* order_ptr() const { return order.empty() ? nullptr : order.data(); }
-  const A* xyz_ptr() const { return order.empty() ? nullptr : xyz.data(); }
-};
-
+// The points' processing order (fastfields/cpu_gather.h): the planes are one grid per batch.
 template <typename T, typename A>
-PointOrder<A> spatial_order(const TriplaneSampleParams& p, const A* xyz) {
-  PointOrder<A> result;
-  std::vector<int64_t>& order = result.order;
-  const int64_t total = p.B * p.N;
-  const int64_t plane_bytes = 3 * p.H * p.W * p.C * int64_t(sizeof(T));
-  if (total < (int64_t(1) << 14) || plane_bytes < (int64_t(1) << 19)) return result;
-  // Cells of about 4 pixels along the larger plane side, at most 32 per axis.
-  int bits = 0;
-  while (bits < 5 && (int64_t(4) << bits) < std::max(p.H, p.W)) ++bits;
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total / 4096 + 1));
-  while (bits > 0 && p.B * (int64_t(1) << (3 * bits)) * threads > (int64_t(1) << 20)) --bits;
-  if (bits == 0) return result;
-  const uint32_t cells = 1u << bits;
-  const int64_t K = int64_t(1) << (3 * bits);
-  const int64_t nkeys = p.B * K;
-  const A scale = static_cast<A>(cells) * A(0.5);
-
-  std::vector<uint32_t> keys(static_cast<size_t>(total));
-  std::vector<int64_t> hist(static_cast<size_t>(threads * nkeys), 0);
-  std::vector<int64_t> coherent(static_cast<size_t>(threads), 0);
-  auto chunk_begin = [&](int64_t t) { return total * t / threads; };
-  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      int64_t* h = hist.data() + t * nkeys;
-      int64_t same = 0;
-      uint32_t prev = ~0u;
-      for (int64_t i = chunk_begin(t); i < chunk_begin(t + 1); ++i) {
-        const int64_t b = i / p.N;
-        const int64_t n = i - b * p.N;
-        const A* q = xyz + b * p.xyz_strides[0] + n * p.xyz_strides[1];
-        const uint32_t m = morton_spread3(morton_cell(q[0], scale, cells)) |
-                           (morton_spread3(morton_cell(q[p.xyz_strides[2]], scale, cells)) << 1) |
-                           (morton_spread3(morton_cell(q[2 * p.xyz_strides[2]], scale, cells)) << 2);
-        const uint32_t key = static_cast<uint32_t>(b * K) + m;
-        keys[i] = key;
-        ++h[key];
-        same += key == prev;
-        prev = key;
-      }
-      coherent[t] = same;
-    }
-  });
-  int64_t same = 0;
-  for (auto c : coherent) same += c;
-  if (2 * same >= total) return result;  // already spatially coherent
-
-  // Exclusive prefix over (key, thread): a stable order.
-  int64_t run = 0;
-  for (int64_t k = 0; k < nkeys; ++k) {
-    for (int64_t t = 0; t < threads; ++t) {
-      int64_t& h = hist[t * nkeys + k];
-      const int64_t c = h;
-      h = run;
-      run += c;
-    }
-  }
-  order.resize(static_cast<size_t>(total));
-  result.xyz.resize(static_cast<size_t>(3 * total));
-  A* sx = result.xyz.data();
-  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      int64_t* h = hist.data() + t * nkeys;
-      for (int64_t i = chunk_begin(t); i < chunk_begin(t + 1); ++i) {
-        const int64_t pos = h[keys[i]]++;
-        order[pos] = i;
-        const int64_t b = i / p.N;
-        const A* q = xyz + b * p.xyz_strides[0] + (i - b * p.N) * p.xyz_strides[1];
-        sx[3 * pos] = q[0];
-        sx[3 * pos + 1] = q[p.xyz_strides[2]];
-        sx[3 * pos + 2] = q[2 * p.xyz_strides[2]];
-      }
-    }
-  });
-  return result;
+PointOrder<A> triplane_order(const TriplaneSampleParams& p, const A* xyz) {
+  const PointSet<A> pts{xyz, p.B, p.N, p.xyz_strides[0], p.xyz_strides[1], p.xyz_strides[2]};
+  return spatial_order<A>(pts, 3 * p.H * p.W * p.C * int64_t(sizeof(T)), std::max(p.H, p.W));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -564,7 +451,7 @@ at::Tensor triplane_sample_fwd_cpu(const at::Tensor& planes, const at::Tensor& x
     const scalar_t* pl = planes.data_ptr<scalar_t>();
     const A* xp = xyz_a.data_ptr<A>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    const PointOrder<A> order = spatial_order<scalar_t, A>(p, xp);
+    const PointOrder<A> order = triplane_order<scalar_t, A>(p, xp);
     const int64_t* ord = order.order_ptr();
     const A* xyz_sorted = order.xyz_ptr();
     at::parallel_for(0, total, kPointGrain, [&](int64_t begin, int64_t end) {
@@ -612,7 +499,7 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(const at::Tensor& gra
       const scalar_t* gop = go.data_ptr<scalar_t>();
       const A* xp = xyz_a.data_ptr<A>();
       A* gx = need_xyz ? gxyz_a.data_ptr<A>() : nullptr;
-      const PointOrder<A> order = spatial_order<scalar_t, A>(p, xp);
+      const PointOrder<A> order = triplane_order<scalar_t, A>(p, xp);
       const int64_t* ord = order.order_ptr();
       const A* xyz_sorted = order.xyz_ptr();
       auto run = [&](A* gpbuf, int64_t begin, int64_t end) {

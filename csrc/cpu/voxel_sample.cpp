@@ -11,6 +11,7 @@
 #include <tuple>
 #include <type_traits>
 
+#include "fastfields/cpu_gather.h"
 #include "fastfields/voxel_sample.h"
 #include "fastfields/voxel_sample_bind.h"
 #include "fastfields/schemas.h"
@@ -50,12 +51,6 @@ FF_ALWAYS_INLINE void prepare_point(const VoxelSampleParams& p, const A* xyz, in
   } else {
     q.t.mask = 0u;
   }
-}
-
-inline void prefetch_bytes(const void* ptr, int64_t bytes) {
-  const char* c = static_cast<const char*>(ptr);
-  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
-  __builtin_prefetch(c + bytes - 1);
 }
 
 // Prefetch the volume data a point's taps will read (channels-last: one contiguous row of

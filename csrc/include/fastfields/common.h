@@ -139,6 +139,28 @@ inline bool ff_cpu_has_avx2_fma() {
 }
 #endif
 
+// Runs body() (a lambda calling a CPU loop) with everything it calls inlined into an AVX2
+// build where the CPU has AVX2 + FMA, else as compiled. No FMA contraction: both versions
+// give bitwise equal results. For loops whose helpers are ordinary inline functions; a
+// function with its own dispatch inside (or a call into ATen) is inlined too, so keep body()
+// to the loop.
+#ifdef FF_X86_AVX2_DISPATCH
+template <typename F>
+__attribute__((target("avx2"), flatten)) void ff_avx2_flat(const F& body) {
+  body();
+}
+#endif
+template <typename F>
+inline void ff_with_avx2(const F& body) {
+#ifdef FF_X86_AVX2_DISPATCH
+  if (ff_cpu_has_avx2_fma()) {
+    ff_avx2_flat(body);
+    return;
+  }
+#endif
+  body();
+}
+
 }  // namespace fastfields
 
 // ---------------------------------------------------------------------------------------

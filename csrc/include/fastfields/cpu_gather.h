@@ -1,0 +1,147 @@
+// Pieces shared by the CPU gather kernels (triplane_sample, tensorf_vm_sample, voxel_sample):
+// software prefetch of a row, and the spatial (Morton) processing order of incoherent points.
+// CPU only: included by csrc/cpu/*.cpp, never by nvcc.
+//
+// Random points read a feature grid at random places, and once the grid outgrows the L2
+// cache every tap is a cache miss (and, backward, every gradient update a read-modify-write
+// miss). Processing the points in the Morton order of a coarse 3D grid makes consecutive
+// points read and write neighbouring rows, since a 3D neighbourhood projects to a
+// neighbourhood on every plane and line. The order is a stable counting sort (O(points));
+// the kernels still write each point's outputs at its own index. Skipped for small problems
+// and for points that are already coherent (e.g. samples along rays).
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "fastfields/common.h"
+
+namespace fastfields {
+
+// Prefetch every cache line of [ptr, ptr + bytes), for reading (kWrite = 0) or writing (1).
+template <int kWrite = 0>
+inline void prefetch_bytes(const void* ptr, int64_t bytes) {
+  const char* c = static_cast<const char*>(ptr);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, kWrite);
+  __builtin_prefetch(c + bytes - 1, kWrite);
+}
+
+inline uint32_t morton_spread3(uint32_t v) {  // 10 bits -> every third bit
+  v &= 0x3ffu;
+  v = (v | (v << 16)) & 0x030000ffu;
+  v = (v | (v << 8)) & 0x0300f00fu;
+  v = (v | (v << 4)) & 0x030c30c3u;
+  v = (v | (v << 2)) & 0x09249249u;
+  return v;
+}
+
+template <typename A>
+inline uint32_t morton_cell(A c, A scale, uint32_t cells) {
+  const A f = (c + A(1)) * scale;  // [-1, 1] -> [0, cells]
+  if (!(f > A(0))) return 0u;      // also NaN
+  if (f >= static_cast<A>(cells)) return cells - 1;
+  return static_cast<uint32_t>(f);
+}
+
+// Processing order of the points (empty: their own order) and their coordinates gathered in
+// that order ([3] per point), so the kernels read them sequentially.
+template <typename A>
+struct PointOrder {
+  std::vector<int64_t> order;
+  std::vector<A> xyz;
+  const int64_t* order_ptr() const { return order.empty() ? nullptr : order.data(); }
+  const A* xyz_ptr() const { return order.empty() ? nullptr : xyz.data(); }
+};
+
+// Where the points are: point i = b * N + n of B batches (each batch has its own grid, so
+// batches are never interleaved) is at xyz + b * sB + n * sN, its coordinates sD apart.
+template <typename A>
+struct PointSet {
+  const A* xyz;
+  int64_t B, N;
+  int64_t sB, sN, sD;
+  const A* at(int64_t i) const {
+    const int64_t b = i / N;
+    return xyz + b * sB + (i - b * N) * sN;
+  }
+};
+
+// The order for points reading a grid of grid_bytes whose largest side has max_side texels.
+template <typename A>
+PointOrder<A> spatial_order(const PointSet<A>& pts, int64_t grid_bytes, int64_t max_side) {
+  PointOrder<A> result;
+  const int64_t total = pts.B * pts.N;
+  if (total < (int64_t(1) << 14) || grid_bytes < (int64_t(1) << 19)) return result;
+  // Cells of about 4 texels along the largest side, at most 32 per axis.
+  int bits = 0;
+  while (bits < 5 && (int64_t(4) << bits) < max_side) ++bits;
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total / 4096 + 1));
+  while (bits > 0 && pts.B * (int64_t(1) << (3 * bits)) * threads > (int64_t(1) << 20)) --bits;
+  if (bits == 0) return result;
+  const uint32_t cells = 1u << bits;
+  const int64_t K = int64_t(1) << (3 * bits);
+  const int64_t nkeys = pts.B * K;
+  const A scale = static_cast<A>(cells) * A(0.5);
+  const int64_t sD = pts.sD;
+
+  std::vector<uint32_t> keys(static_cast<size_t>(total));
+  std::vector<int64_t> hist(static_cast<size_t>(threads * nkeys), 0);
+  std::vector<int64_t> coherent(static_cast<size_t>(threads), 0);
+  auto chunk_begin = [&](int64_t t) { return total * t / threads; };
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      int64_t* h = hist.data() + t * nkeys;
+      int64_t same = 0;
+      uint32_t prev = ~0u;
+      for (int64_t i = chunk_begin(t); i < chunk_begin(t + 1); ++i) {
+        const A* q = pts.at(i);
+        const uint32_t m = morton_spread3(morton_cell(q[0], scale, cells)) |
+                           (morton_spread3(morton_cell(q[sD], scale, cells)) << 1) |
+                           (morton_spread3(morton_cell(q[2 * sD], scale, cells)) << 2);
+        const uint32_t key = static_cast<uint32_t>((i / pts.N) * K) + m;
+        keys[i] = key;
+        ++h[key];
+        same += key == prev;
+        prev = key;
+      }
+      coherent[t] = same;
+    }
+  });
+  int64_t same = 0;
+  for (auto c : coherent) same += c;
+  if (2 * same >= total) return result;  // already spatially coherent
+
+  // Exclusive prefix over (key, thread): a stable order.
+  int64_t run = 0;
+  for (int64_t k = 0; k < nkeys; ++k) {
+    for (int64_t t = 0; t < threads; ++t) {
+      int64_t& h = hist[t * nkeys + k];
+      const int64_t c = h;
+      h = run;
+      run += c;
+    }
+  }
+  std::vector<int64_t>& order = result.order;
+  order.resize(static_cast<size_t>(total));
+  result.xyz.resize(static_cast<size_t>(3 * total));
+  A* sx = result.xyz.data();
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      int64_t* h = hist.data() + t * nkeys;
+      for (int64_t i = chunk_begin(t); i < chunk_begin(t + 1); ++i) {
+        const int64_t pos = h[keys[i]]++;
+        order[pos] = i;
+        const A* q = pts.at(i);
+        sx[3 * pos] = q[0];
+        sx[3 * pos + 1] = q[sD];
+        sx[3 * pos + 2] = q[2 * sD];
+      }
+    }
+  });
+  return result;
+}
+
+}  // namespace fastfields
