@@ -212,3 +212,60 @@ def test_killed_build_takes_its_compilers_with_it(tmp_path):
     while time.time() < deadline and any(pgrp == group for _, pgrp in _processes().values()):
         time.sleep(0.2)
     assert not any(pgrp == group for _, pgrp in _processes().values()), "compiler processes outlived the build"
+
+
+@pytest.mark.skipif(_build.why_unbuildable("cpu") is not None, reason="the cpu extension cannot be built here")
+def test_cpu_baseline_isa():
+    """The CPU kernels' baseline (SSE2) loops, which machines with AVX2 + FMA never run:
+    FASTFIELDS_CPU_BASELINE=1 forces them, in a fresh process (the choice is made once)."""
+    script = textwrap.dedent("""
+        import torch
+        import fastfields as ff
+        from fastfields.reference.adaln_modulate import adaln_modulate_reference
+        from fastfields.reference.composite import composite_reference
+        g = torch.Generator().manual_seed(0)
+        sig = (torch.randn(7, 300, generator=g) + 1).requires_grad_()
+        rgb = torch.rand(7, 300, 3, generator=g).requires_grad_()
+        dl = torch.rand(7, 300, generator=g) * 0.05
+        kw = dict(density_activation="softplus", density_bias=-1.0, t=torch.cumsum(dl, 1))
+        got = ff.composite(sig, rgb, dl, backend="cpu", **kw)
+        want = composite_reference(sig, rgb, dl, **kw)
+        for a, b in zip(got[:3], want[:3]):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+        ga = torch.autograd.grad(got[0].sum() + got[2].sum(), (sig, rgb))
+        gb = torch.autograd.grad(want[0].sum() + want[2].sum(), (sig, rgb))
+        for a, b in zip(ga, gb):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+        x = torch.randn(2, 5, 37, generator=g, requires_grad=True)
+        shift, scale = torch.randn(2, 37, generator=g), torch.randn(2, 37, generator=g)
+        a = ff.adaln_modulate(x, shift, scale, backend="cpu")
+        b = adaln_modulate_reference(x, shift, scale)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        up = torch.randn(a.shape, generator=g)
+        torch.testing.assert_close(torch.autograd.grad(a, x, up)[0], torch.autograd.grad(b, x, up)[0], atol=1e-5, rtol=1e-5)
+        # The gather ops: many incoherent points, so the spatially ordered loops run.
+        from fastfields.reference import (tensorf_vm_sample_reference, triplane_sample_reference,
+                                          voxel_sample_reference)
+        xyz = (torch.rand(2**14 + 5, 3, generator=g) * 2.1 - 1.05).requires_grad_()
+        planes = torch.randn(1, 3, 16, 64, 72, generator=g).requires_grad_()
+        vm_planes = [torch.randn(8, 150, 150, generator=g).requires_grad_() for _ in range(3)]
+        vm_lines = [torch.randn(8, 150, generator=g).requires_grad_() for _ in range(3)]
+        volume = torch.randn(1, 8, 20, 24, 28, generator=g).requires_grad_()
+        cases = [
+            ((planes, xyz[None]), lambda p, x: ff.triplane_sample(p, x, backend="cpu"), triplane_sample_reference),
+            ((*vm_planes, *vm_lines, xyz), lambda *t: ff.tensorf_vm_sample(t[:3], t[3:6], t[6], backend="cpu"),
+             lambda *t: tensorf_vm_sample_reference(t[:3], t[3:6], t[6])),
+            ((volume, xyz[None]), lambda v, x: ff.voxel_sample(v, x, backend="cpu"), voxel_sample_reference),
+        ]
+        for inputs, fused, reference in cases:
+            a, b = fused(*inputs), reference(*inputs)
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+            up = torch.randn(a.shape, generator=g)
+            for da, db in zip(torch.autograd.grad(a, inputs, up), torch.autograd.grad(b, inputs, up)):
+                scale = db.abs().max().item()
+                torch.testing.assert_close(da, db, atol=1e-5 * scale, rtol=1e-4)
+        print("baseline ok")
+    """)
+    env = dict(os.environ, FASTFIELDS_CPU_BASELINE="1")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "baseline ok" in done.stdout, done.stdout + done.stderr

@@ -1,10 +1,5 @@
 """composite / composite_packed: every backend against the PyTorch reference, forward and backward."""
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -657,42 +652,3 @@ def test_bad_packed_input(backend, device, change, error, words):
     with pytest.raises(error) as info:
         composite_packed(*args, backend=backend, **x)
     assert words in str(info.value) and "composite_packed" in str(info.value)
-
-
-CPU_BACKENDS = [p for p in BACKENDS if p.values[0] == "cpu"]
-
-
-@pytest.mark.parametrize("backend,device", CPU_BACKENDS)
-def test_cpu_baseline_isa(backend, device):
-    """The CPU kernels' baseline (SSE2) loops, which machines with AVX2 + FMA never run:
-    FASTFIELDS_CPU_BASELINE=1 forces them, in a fresh process (the choice is made once)."""
-    script = textwrap.dedent("""
-        import torch
-        import fastfields as ff
-        from fastfields.reference.adaln_modulate import adaln_modulate_reference
-        from fastfields.reference.composite import composite_reference
-        g = torch.Generator().manual_seed(0)
-        sig = (torch.randn(7, 300, generator=g) + 1).requires_grad_()
-        rgb = torch.rand(7, 300, 3, generator=g).requires_grad_()
-        dl = torch.rand(7, 300, generator=g) * 0.05
-        kw = dict(density_activation="softplus", density_bias=-1.0, t=torch.cumsum(dl, 1))
-        got = ff.composite(sig, rgb, dl, backend="cpu", **kw)
-        want = composite_reference(sig, rgb, dl, **kw)
-        for a, b in zip(got[:3], want[:3]):
-            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
-        ga = torch.autograd.grad(got[0].sum() + got[2].sum(), (sig, rgb))
-        gb = torch.autograd.grad(want[0].sum() + want[2].sum(), (sig, rgb))
-        for a, b in zip(ga, gb):
-            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
-        x = torch.randn(2, 5, 37, generator=g, requires_grad=True)
-        shift, scale = torch.randn(2, 37, generator=g), torch.randn(2, 37, generator=g)
-        a = ff.adaln_modulate(x, shift, scale, backend="cpu")
-        b = adaln_modulate_reference(x, shift, scale)
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-        up = torch.randn(a.shape, generator=g)
-        torch.testing.assert_close(torch.autograd.grad(a, x, up)[0], torch.autograd.grad(b, x, up)[0], atol=1e-5, rtol=1e-5)
-        print("baseline ok")
-    """)
-    env = dict(os.environ, FASTFIELDS_CPU_BASELINE="1")
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0 and "baseline ok" in done.stdout, done.stdout + done.stderr

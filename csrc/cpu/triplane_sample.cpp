@@ -456,9 +456,9 @@ at::Tensor triplane_sample_fwd_cpu(const at::Tensor& planes, const at::Tensor& x
     const A* xyz_sorted = order.xyz_ptr();
     at::parallel_for(0, total, kPointGrain, [&](int64_t begin, int64_t end) {
       if (cl) {
-        fwd_points<true, scalar_t, A>(p, pl, xp, op, ord, xyz_sorted, begin, end);
+        ff_with_avx2([&] { fwd_points<true, scalar_t, A>(p, pl, xp, op, ord, xyz_sorted, begin, end); });
       } else {
-        fwd_points<false, scalar_t, A>(p, pl, xp, op, ord, xyz_sorted, begin, end);
+        ff_with_avx2([&] { fwd_points<false, scalar_t, A>(p, pl, xp, op, ord, xyz_sorted, begin, end); });
       }
     });
   });
@@ -504,9 +504,9 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(const at::Tensor& gra
       const A* xyz_sorted = order.xyz_ptr();
       auto run = [&](A* gpbuf, int64_t begin, int64_t end) {
         if (cl) {
-          bwd_points<true, scalar_t, A>(p, gop, pl, xp, gpbuf, gx, ord, xyz_sorted, begin, end);
+          ff_with_avx2([&] { bwd_points<true, scalar_t, A>(p, gop, pl, xp, gpbuf, gx, ord, xyz_sorted, begin, end); });
         } else {
-          bwd_points<false, scalar_t, A>(p, gop, pl, xp, gpbuf, gx, ord, xyz_sorted, begin, end);
+          ff_with_avx2([&] { bwd_points<false, scalar_t, A>(p, gop, pl, xp, gpbuf, gx, ord, xyz_sorted, begin, end); });
         }
       };
       if (!need_planes) {

@@ -268,9 +268,9 @@ at::Tensor voxel_sample_fwd_cpu(const at::Tensor& volume, const at::Tensor& xyz,
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, total, kPointGrain, [&](int64_t begin, int64_t end) {
       if (cl) {
-        fwd_points<true, scalar_t, A>(p, vol, xp, op, begin, end);
+        ff_with_avx2([&] { fwd_points<true, scalar_t, A>(p, vol, xp, op, begin, end); });
       } else {
-        fwd_points<false, scalar_t, A>(p, vol, xp, op, begin, end);
+        ff_with_avx2([&] { fwd_points<false, scalar_t, A>(p, vol, xp, op, begin, end); });
       }
     });
   });
@@ -315,9 +315,9 @@ std::tuple<at::Tensor, at::Tensor> voxel_sample_bwd_cpu(const at::Tensor& grad_o
       A* gx = need_xyz ? gxyz_a.mutable_data_ptr<A>() : nullptr;
       auto run = [&](A* gvbuf, int64_t begin, int64_t end) {
         if (cl) {
-          bwd_points<true, scalar_t, A>(p, gop, vol, xp, gvbuf, gx, begin, end);
+          ff_with_avx2([&] { bwd_points<true, scalar_t, A>(p, gop, vol, xp, gvbuf, gx, begin, end); });
         } else {
-          bwd_points<false, scalar_t, A>(p, gop, vol, xp, gvbuf, gx, begin, end);
+          ff_with_avx2([&] { bwd_points<false, scalar_t, A>(p, gop, vol, xp, gvbuf, gx, begin, end); });
         }
       };
       if (!need_volume) {
