@@ -32,18 +32,9 @@ namespace {
 // 8 independent partial sums let these loops vectorise without -ffast-math.
 constexpr int kLanes = 8;
 
-// kLanes consecutive values of A as one GCC/clang vector (two SSE2 registers or one AVX2
-// register for float), with unaligned loads and stores.
+// kLanes consecutive values of A as one vector (two SSE2 registers or one AVX2 register for float).
 template <typename A>
-struct Lanes {
-  typedef A type __attribute__((vector_size(kLanes * sizeof(A))));
-  static FF_ALWAYS_INLINE type load(const A* src) {
-    type v;
-    std::memcpy(&v, src, sizeof(type));
-    return v;
-  }
-  static FF_ALWAYS_INLINE void store(A* dst, const type& v) { std::memcpy(dst, &v, sizeof(type)); }
-};
+using Lanes = FFVec<A, kLanes>;
 
 template <typename T, typename A>
 inline A row_sum(const T* __restrict__ x, int64_t D) {

@@ -370,8 +370,8 @@ int64_t assign_rows(const Problem& p, Workspace& ws, int64_t ray0, int64_t nrays
 inline bool row_taps(const Problem& p, const float* c, PlaneTaps<float> taps[3]) {
   if (!(ff_isfinite(c[0]) && ff_isfinite(c[1]) && ff_isfinite(c[2]))) return false;
   for (int k = 0; k < 3; ++k) {
-    taps[k] = bilinear_taps<float>(c[p.axes[2 * k]], c[p.axes[2 * k + 1]], p.H, p.W, p.W * p.C, p.C,
-                                   p.align_corners, p.padding);
+    bilinear_taps_into<float>(taps[k], c[p.axes[2 * k]], c[p.axes[2 * k + 1]], p.H, p.W, p.W * p.C, p.C,
+                              p.align_corners, p.padding);
   }
   return true;
 }

@@ -143,6 +143,7 @@ inline A sum_row(const A* __restrict__ a, int64_t R) {
 // ---------------------------------------------------------------------------------------
 
 constexpr int kLookahead = 4;
+constexpr int kRing = 8;  // power of two > kLookahead: entries are read in place, not copied
 
 template <typename A>
 struct PointTaps {
@@ -177,8 +178,8 @@ inline void prepare_point(const VmSampleParams& p, const PointStream<A>& s, int6
   }
   if (!q.ok) return;
   for (int k = 0; k < 3; ++k) {
-    q.plane[k] = vm_plane_taps<A>(vm_pick(pt, p.mat_mode[2 * k]), vm_pick(pt, p.mat_mode[2 * k + 1]), p, k);
-    q.line[k] = vm_line_taps<A>(vm_pick(pt, p.vec_mode[k]), p, k);
+    vm_plane_taps_into<A>(q.plane[k], vm_pick(pt, p.mat_mode[2 * k]), vm_pick(pt, p.mat_mode[2 * k + 1]), p, k);
+    vm_line_taps_into<A>(q.line[k], vm_pick(pt, p.vec_mode[k]), p, k);
   }
 }
 
@@ -255,19 +256,18 @@ void fwd_points(const VmSampleParams& p, const T* const planes[3], const A* cons
   A* scratch = prod + max_R;
   const bool concat = p.reduce == kReduceConcat;
   const int64_t out_row = concat ? p.total_R : 1;
-  PointTaps<A> ring[kLookahead];
+  PointTaps<A> ring[kRing];
   auto prepare = [&](int64_t i, PointTaps<A>& q) {
     prepare_point<A>(p, pts, i, q);
     prefetch_planes<T, A>(p, planes, q);
     if (pts.order) prefetch_bytes<1>(out + q.n * out_row, out_row * int64_t(sizeof(T)));  // rows out of order
   };
   for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) {
-    prepare(i, ring[(i - begin) % kLookahead]);
+    prepare(i, ring[i & (kRing - 1)]);
   }
   for (int64_t i = begin; i < end; ++i) {
-    PointTaps<A>& slot = ring[(i - begin) % kLookahead];
-    const PointTaps<A> q = slot;
-    if (i + kLookahead < end) prepare(i + kLookahead, slot);
+    if (i + kLookahead < end) prepare(i + kLookahead, ring[(i + kLookahead) & (kRing - 1)]);
+    const PointTaps<A>& q = ring[i & (kRing - 1)];
     T* __restrict__ o = out + q.n * out_row;
     if (!q.ok) {
       for (int64_t c = 0; c < out_row; ++c) o[c] = ff_store<T>(A(0));
@@ -394,7 +394,7 @@ void bwd_points(const VmSampleParams& p, const T* grad_out, int64_t g_sN, int64_
   A* work = g + max_R;
   const bool need_values = gxyz != nullptr || gb.line[0] != nullptr;
   const bool concat = p.reduce == kReduceConcat;
-  PointTaps<A> ring[kLookahead];
+  PointTaps<A> ring[kRing];
   auto prepare = [&](int64_t i, PointTaps<A>& q) {
     prepare_point<A>(p, pts, i, q);
     if (need_values) prefetch_planes<T, A>(p, planes, q);
@@ -404,12 +404,11 @@ void bwd_points(const VmSampleParams& p, const T* grad_out, int64_t g_sN, int64_
     }
   };
   for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) {
-    prepare(i, ring[(i - begin) % kLookahead]);
+    prepare(i, ring[i & (kRing - 1)]);
   }
   for (int64_t i = begin; i < end; ++i) {
-    PointTaps<A>& slot = ring[(i - begin) % kLookahead];
-    const PointTaps<A> q = slot;
-    if (i + kLookahead < end) prepare(i + kLookahead, slot);
+    if (i + kLookahead < end) prepare(i + kLookahead, ring[(i + kLookahead) & (kRing - 1)]);
+    const PointTaps<A>& q = ring[i & (kRing - 1)];
     A dxyz[3] = {A(0), A(0), A(0)};
     if (q.ok) {
       const T* go = grad_out + q.n * g_sN;

@@ -241,7 +241,7 @@ inline void prepare_point(const TriplaneSampleParams& p, const A* xyz, int64_t i
   q.ok = triplane_load_point<A>(xyz, p, q.b, q.n, pt);
   if (!q.ok) return;
   for (int k = 0; k < 3; ++k) {
-    q.t[k] = triplane_plane_taps<A>(pt[p.axes[2 * k]], pt[p.axes[2 * k + 1]], p);
+    triplane_plane_taps_into<A>(q.t[k], pt[p.axes[2 * k]], pt[p.axes[2 * k + 1]], p);
   }
 }
 
@@ -253,7 +253,7 @@ inline void prepare_point_gathered(const TriplaneSampleParams& p, const A* pt, i
   q.ok = ff_isfinite(pt[0]) && ff_isfinite(pt[1]) && ff_isfinite(pt[2]);
   if (!q.ok) return;
   for (int k = 0; k < 3; ++k) {
-    q.t[k] = triplane_plane_taps<A>(pt[p.axes[2 * k]], pt[p.axes[2 * k + 1]], p);
+    triplane_plane_taps_into<A>(q.t[k], pt[p.axes[2 * k]], pt[p.axes[2 * k + 1]], p);
   }
 }
 

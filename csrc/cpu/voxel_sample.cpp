@@ -28,6 +28,7 @@ namespace {
 // ---------------------------------------------------------------------------------------
 
 constexpr int kLookahead = 4;
+constexpr int kRing = 8;  // power of two > kLookahead: entries are read in place, not copied
 
 // CL = channels-last volume (stride_C == 1): contiguous, vectorisable channel loops.
 template <bool CL>
@@ -47,7 +48,7 @@ FF_ALWAYS_INLINE void prepare_point(const VoxelSampleParams& p, const A* xyz, in
   q.n = idx - q.b * p.N;
   A pt[3];
   if (voxel_load_point<A>(xyz, p, q.b, q.n, pt)) {
-    q.t = voxel_taps<A, GRAD>(pt[0], pt[1], pt[2], p);
+    voxel_taps_into<A, GRAD>(q.t, pt[0], pt[1], pt[2], p);
   } else {
     q.t.mask = 0u;
   }
@@ -125,18 +126,17 @@ inline void interpolate_row(T* __restrict__ out, const T* __restrict__ base, con
 template <bool CL, typename T, typename A>
 void fwd_points(const VoxelSampleParams& p, const T* volume, const A* xyz, T* out, int64_t begin, int64_t end) {
   const int64_t C = p.C, sB = p.volume_strides[0], sC = p.volume_strides[1];
-  PointTaps<A> ring[kLookahead];
+  PointTaps<A> ring[kRing];
   auto prepare = [&](int64_t i, PointTaps<A>& q) {
     prepare_point<false, A>(p, xyz, i, q);
     prefetch_volume<CL>(p, volume, q);
   };
   for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) {
-    prepare(i, ring[(i - begin) % kLookahead]);
+    prepare(i, ring[i & (kRing - 1)]);
   }
   for (int64_t idx = begin; idx < end; ++idx) {
-    PointTaps<A>& slot = ring[(idx - begin) % kLookahead];
-    const PointTaps<A> q = slot;
-    if (idx + kLookahead < end) prepare(idx + kLookahead, slot);
+    if (idx + kLookahead < end) prepare(idx + kLookahead, ring[(idx + kLookahead) & (kRing - 1)]);
+    const PointTaps<A>& q = ring[idx & (kRing - 1)];
     interpolate_row<CL>(out + idx * C, volume + q.b * sB, q.t, C, sC);
   }
 }
@@ -168,7 +168,30 @@ FF_ALWAYS_INLINE void corner_pass_impl(const VoxelTaps<A>& t, const T* __restric
     s[k] = A(0);
   }
   const unsigned mask = t.mask;
-  for (int64_t c = 0; c < C; ++c) {
+  int64_t c = 0;
+#if defined(__GNUC__)
+  if constexpr (CL && std::is_same<T, A>::value) {
+    // Channels-last rows, four channels a step: one vector update of each corner's gradient
+    // row and one vector of partial dot products per corner (DiffRF's C = 4 is one step;
+    // channel by channel the loop was all scalar loads, stores and spilled pointers).
+    using V = FFVec<A, 4>;
+    if (gC == 1 && C >= 4) {
+      typename V::type sv[8];
+      for (int k = 0; k < 8; ++k) sv[k] = typename V::type{};
+      for (; c + 4 <= C; c += 4) {
+        const typename V::type g = V::load(go + c);
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; ++k) {
+          if (!ALL_INSIDE && !(mask & (1u << k))) continue;
+          if (ROWS) V::store(rows[k] + c, V::load(rows[k] + c) + w[k] * g);
+          if (XYZ) sv[k] += g * V::load(base + off[k] + c);
+        }
+      }
+      for (int k = 0; k < 8; ++k) s[k] = (sv[k][0] + sv[k][1]) + (sv[k][2] + sv[k][3]);
+    }
+  }
+#endif
+  for (; c < C; ++c) {
     const A g = ff_load<A>(go[c * gC]);
 #pragma GCC unroll 8
     for (int k = 0; k < 8; ++k) {
@@ -200,19 +223,18 @@ void bwd_points(const VoxelSampleParams& p, const T* grad_out, const T* volume, 
   const int64_t C = p.C, cells = p.D * p.H * p.W;
   const int64_t sB = p.volume_strides[0], sC = p.volume_strides[1];
   const int64_t gB = p.grad_out_strides[0], gN = p.grad_out_strides[1], gC = p.grad_out_strides[2];
-  PointTaps<A> ring[kLookahead];
+  PointTaps<A> ring[kRing];
   auto prepare = [&](int64_t i, PointTaps<A>& q) {
     prepare_point<true, A>(p, xyz, i, q);
     if (gxyz) prefetch_volume<CL>(p, volume, q);
     prefetch_grad_rows<A>(p, gv, q);
   };
   for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) {
-    prepare(i, ring[(i - begin) % kLookahead]);
+    prepare(i, ring[i & (kRing - 1)]);
   }
   for (int64_t idx = begin; idx < end; ++idx) {
-    PointTaps<A>& slot = ring[(idx - begin) % kLookahead];
-    const PointTaps<A> q = slot;
-    if (idx + kLookahead < end) prepare(idx + kLookahead, slot);
+    if (idx + kLookahead < end) prepare(idx + kLookahead, ring[(idx + kLookahead) & (kRing - 1)]);
+    const PointTaps<A>& q = ring[idx & (kRing - 1)];
     const VoxelTaps<A>& t = q.t;
     A dx = A(0), dy = A(0), dz = A(0);
     if (t.mask != 0u) {

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 
 #include "fastfields/enums.h"  // option codes, generated from fastfields/_enums.py
 
@@ -137,6 +138,22 @@ inline bool ff_cpu_has_avx2_fma() {
   }();
   return has;
 }
+#endif
+
+// N consecutive values of A as one GCC/clang vector (SSE2 or AVX2 registers), with unaligned
+// loads and stores: for CPU loops gcc does not vectorise by itself (lanes it keeps in
+// arrays, short runs of a run-time length).
+#if defined(__GNUC__) && !defined(__CUDACC__)
+template <typename A, int N>
+struct FFVec {
+  typedef A type __attribute__((vector_size(N * sizeof(A))));
+  static FF_ALWAYS_INLINE type load(const A* src) {
+    type v;
+    std::memcpy(&v, src, sizeof(type));
+    return v;
+  }
+  static FF_ALWAYS_INLINE void store(A* dst, const type& v) { std::memcpy(dst, &v, sizeof(type)); }
+};
 #endif
 
 // Runs body() (a lambda calling a CPU loop) with everything it calls inlined into an AVX2

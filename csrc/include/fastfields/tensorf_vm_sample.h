@@ -33,11 +33,18 @@ struct VmSampleParams {
   bool align_corners;
 };
 
-// Plane k's bilinear tap at (u, v); corner offsets use plane k's H and W strides.
+// Plane k's bilinear tap at (u, v); corner offsets use plane k's H and W strides. The _into
+// forms fill a caller's struct (see bilinear_taps_into).
+template <typename A>
+FF_HD void vm_plane_taps_into(PlaneTaps<A>& t, A u, A v, const VmSampleParams& p, int k) {
+  bilinear_taps_into<A>(t, u, v, p.H[k], p.W[k], p.plane_strides[k][1], p.plane_strides[k][2], p.align_corners,
+                        p.padding);
+}
 template <typename A>
 FF_HD PlaneTaps<A> vm_plane_taps(A u, A v, const VmSampleParams& p, int k) {
-  return bilinear_taps<A>(u, v, p.H[k], p.W[k], p.plane_strides[k][1], p.plane_strides[k][2], p.align_corners,
-                          p.padding);
+  PlaneTaps<A> t;
+  vm_plane_taps_into<A>(t, u, v, p, k);
+  return t;
 }
 
 // The two taps of a line along L, 0 = l0 and 1 = l0 + 1. Like PlaneTaps, an out-of-range tap
@@ -53,10 +60,9 @@ struct LineTaps {
 };
 
 template <typename A>
-FF_HD LineTaps<A> vm_line_taps(A coord, const VmSampleParams& p, int k) {
+FF_HD void vm_line_taps_into(LineTaps<A>& lt, A coord, const VmSampleParams& p, int k) {
   const AxisTap<A> t = triplane_axis_tap<A>(coord, p.L[k], p.align_corners, p.padding);
   const int64_t sL = p.line_strides[k][1];
-  LineTaps<A> lt;
   lt.l0 = t.i0;
   lt.mask = (t.in0 ? 1u : 0u) | (t.in1 ? 2u : 0u);
   lt.off[0] = t.in0 ? t.i0 * sL : 0;
@@ -65,6 +71,11 @@ FF_HD LineTaps<A> vm_line_taps(A coord, const VmSampleParams& p, int k) {
   lt.w[1] = t.in1 ? t.w1 : A(0);
   lt.dw[0] = t.in0 ? -t.dcoord : A(0);
   lt.dw[1] = t.in1 ? t.dcoord : A(0);
+}
+template <typename A>
+FF_HD LineTaps<A> vm_line_taps(A coord, const VmSampleParams& p, int k) {
+  LineTaps<A> lt;
+  vm_line_taps_into<A>(lt, coord, p, k);
   return lt;
 }
 

@@ -104,13 +104,15 @@ struct PlaneTaps {
 FF_HD int triplane_corner_dx(int k) { return k & 1; }
 FF_HD int triplane_corner_dy(int k) { return k >> 1; }
 
-// The bilinear tap of a plane of H x W pixels with strides sH, sW at (u, v), as grid_sample.
+// The bilinear tap of a plane of H x W pixels with strides sH, sW at (u, v), as grid_sample,
+// filled into t. (The CPU kernels fill their prefetch ring's entries in place: taps returned
+// by value are built with scalar stores and copied with wide loads, which cannot be
+// forwarded from those stores and stall.)
 template <typename A>
-FF_HD PlaneTaps<A> bilinear_taps(A u, A v, int64_t H, int64_t W, int64_t sH, int64_t sW, bool align_corners,
-                                 int padding) {
+FF_HD void bilinear_taps_into(PlaneTaps<A>& t, A u, A v, int64_t H, int64_t W, int64_t sH, int64_t sW,
+                              bool align_corners, int padding) {
   const AxisTap<A> tx = triplane_axis_tap<A>(u, W, align_corners, padding);
   const AxisTap<A> ty = triplane_axis_tap<A>(v, H, align_corners, padding);
-  PlaneTaps<A> t;
   t.x0 = tx.i0;
   t.y0 = ty.i0;
   t.mask = 0u;
@@ -138,12 +140,26 @@ FF_HD PlaneTaps<A> bilinear_taps(A u, A v, int64_t H, int64_t W, int64_t sH, int
       t.dwv[k] = A(0);
     }
   }
+}
+
+template <typename A>
+FF_HD PlaneTaps<A> bilinear_taps(A u, A v, int64_t H, int64_t W, int64_t sH, int64_t sW, bool align_corners,
+                                 int padding) {
+  PlaneTaps<A> t;
+  bilinear_taps_into<A>(t, u, v, H, W, sH, sW, align_corners, padding);
   return t;
 }
 
 template <typename A>
+FF_HD void triplane_plane_taps_into(PlaneTaps<A>& t, A u, A v, const TriplaneSampleParams& p) {
+  bilinear_taps_into<A>(t, u, v, p.H, p.W, p.planes_strides[3], p.planes_strides[4], p.align_corners, p.padding);
+}
+
+template <typename A>
 FF_HD PlaneTaps<A> triplane_plane_taps(A u, A v, const TriplaneSampleParams& p) {
-  return bilinear_taps<A>(u, v, p.H, p.W, p.planes_strides[3], p.planes_strides[4], p.align_corners, p.padding);
+  PlaneTaps<A> t;
+  triplane_plane_taps_into<A>(t, u, v, p);
+  return t;
 }
 
 // Read point (b, n); returns false when any coordinate is not finite (the point then reads
