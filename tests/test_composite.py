@@ -652,3 +652,30 @@ def test_bad_packed_input(backend, device, change, error, words):
     with pytest.raises(error) as info:
         composite_packed(*args, backend=backend, **x)
     assert words in str(info.value) and "composite_packed" in str(info.value)
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] == "cpu"])
+def test_cpu_ray_offsets_long_runs(backend, device):
+    """The CPU pass that turns sorted ray_indices into ray offsets skips whole blocks of one
+    ray: offsets as searchsorted's for runs of every length (empty rays included), and a layout
+    broken inside a long run, or by a run out of range, is still caught at its first sample."""
+    from fastfields._op import compiled_ops
+    from fastfields.ops.composite import ray_offsets
+
+    gen = torch.Generator().manual_seed(0)
+    n_rays = 3000
+    counts = torch.randint(0, 61, (n_rays,), generator=gen)
+    counts[::7] = 0
+    ray_indices = torch.repeat_interleave(torch.arange(n_rays), counts)
+    offsets, first_bad = compiled_ops("cpu").composite_offsets(ray_indices, n_rays)
+    assert first_bad == -1 and torch.equal(offsets, ray_offsets(ray_indices, n_rays))
+    starts = torch.cumsum(counts, 0) - counts
+    long_ray = int(torch.nonzero(counts > 50)[5, 0])
+    middle = int(starts[long_ray]) + 37
+    broken = ray_indices.clone()
+    broken[middle] = long_ray - 1  # descends inside a run of 50+ samples
+    assert compiled_ops("cpu").composite_offsets(broken, n_rays)[1] == middle
+    broken = ray_indices.clone()
+    run = slice(int(starts[long_ray]), int(starts[long_ray] + counts[long_ray]))
+    broken[run] = n_rays + 5  # a whole run out of range (and then descending)
+    assert compiled_ops("cpu").composite_offsets(broken, n_rays)[1] == run.start
