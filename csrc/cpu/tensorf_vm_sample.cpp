@@ -9,12 +9,11 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
+#include "fastfields/cpu_gather.h"
 #include "fastfields/tensorf_vm_sample.h"
 #include "fastfields/tensorf_vm_sample_bind.h"
-#include "fastfields/cpu_gather.h"
 #include "fastfields/schemas.h"
 
 namespace fastfields {
@@ -603,7 +602,9 @@ std::vector<at::Tensor> tensorf_vm_sample_bwd_cpu(const at::Tensor& grad_out, at
     if (elems == 0) {  // only xyz: every point is independent
       const GradBuffers<A> none{{nullptr, nullptr, nullptr}, {nullptr, nullptr, nullptr}};
       at::parallel_for(0, p.N, kPointGrain, [&](int64_t begin, int64_t end) {
-        ff_with_avx2([&] { bwd_points<scalar_t, A>(p, gop, g_sN, g_sR, plane_ptrs, line_ptrs, pts, none, gx, begin, end); });
+        ff_with_avx2([&] {
+          bwd_points<scalar_t, A>(p, gop, g_sN, g_sR, plane_ptrs, line_ptrs, pts, none, gx, begin, end);
+        });
       });
       return;
     }

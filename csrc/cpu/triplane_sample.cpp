@@ -23,10 +23,10 @@
 #include <type_traits>
 #include <vector>
 
+#include "fastfields/cpu_gather.h"
 #include "fastfields/triplane_sample.h"
 #include "fastfields/triplane_sample_bind.h"
 #include "fastfields/schemas.h"
-#include "fastfields/cpu_gather.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
