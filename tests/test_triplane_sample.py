@@ -40,7 +40,12 @@ def assert_matches_reference(backend, planes, xyz, atol=1e-5, rtol=1e-5, **kwarg
     want = run(reference, planes, xyz, **kwargs)
     for name, g, w in zip(("output", "grad planes", "grad xyz"), got, want):
         assert g.shape == w.shape and g.dtype == w.dtype, name
-        torch.testing.assert_close(g, w, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+        tol = atol
+        if name == "grad xyz" and w.dtype == torch.float32:
+            # A sum over channels and corners of terms of size ~(plane value x W / 2), and with
+            # reduce="prod" of three features: float32 cancellation leaves ~1e-5 of its scale.
+            tol = max(atol, 1e-5 * w.nan_to_num().abs().max().item())
+        torch.testing.assert_close(g, w, atol=tol, rtol=rtol, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -98,13 +103,14 @@ def test_edges_outside_and_non_finite(backend, device, padding):
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_strided_inputs(backend, device):
     planes, xyz = make_inputs(device=device)
-    wide_xyz = torch.randn(2, 37, 7, device=device)
+    gen = torch.Generator().manual_seed(2)
+    wide_xyz = torch.randn(2, 37, 7, generator=gen).to(device)
     xyz_view = wide_xyz[..., 1:7:2]  # non-contiguous view
     xyz_view.copy_(xyz)
     assert not xyz_view.is_contiguous()
     channels_last = ff.planes_channels_last(planes)
     assert channels_last.stride(2) == 1 and torch.equal(channels_last, planes)
-    sliced = torch.randn(2, 3, 11, 7, 9, device=device)[:, :, 2:7]  # non-contiguous along C
+    sliced = torch.randn(2, 3, 11, 7, 9, generator=gen).to(device)[:, :, 2:7]  # non-contiguous along C
     transposed = planes.transpose(3, 4).contiguous().transpose(3, 4)  # W-major storage
     for p in (channels_last, sliced, transposed):
         for reduce in ("prod", "none"):
@@ -121,12 +127,7 @@ def test_many_incoherent_points(backend, device, reduce):
     xyz[0, 5, 1] = float("nan")
     xyz[1, 9, 2] = float("inf")
     for p in (planes, ff.planes_channels_last(planes)):
-        got = run(ff.triplane_sample, p, xyz, backend=backend, reduce=reduce)
-        want = run(reference, p, xyz, reduce=reduce)
-        for name, g, w in zip(("output", "grad planes", "grad xyz"), got, want):
-            # grad xyz sums 3 x 16 products of size ~W: float32 cancellation leaves ~1e-5 of its scale.
-            scale = w.nan_to_num().abs().max().item()
-            torch.testing.assert_close(g, w, atol=1e-5 * scale, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+        assert_matches_reference(backend, p, xyz, reduce=reduce, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

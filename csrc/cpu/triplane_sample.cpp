@@ -169,6 +169,22 @@ inline void plane_backward(const A* __restrict__ g, const T* __restrict__ base, 
       A su[L], sv[L];
       for (int j = 0; j < L; ++j) su[j] = sv[j] = A(0);
       int64_t c = 0;
+      if constexpr (CL && std::is_same<T, A>::value) {
+        // The same lanes as one vector value each: as arrays gcc kept them on the stack.
+        using V = FFVec<A, L>;
+        typename V::type vu{}, vv{};
+        for (; c + L <= C; c += L) {
+          const typename V::type a0 = V::load(p0 + c), a1 = V::load(p1 + c);
+          const typename V::type a2 = V::load(p2 + c), a3 = V::load(p3 + c);
+          const typename V::type gc = V::load(g + c);
+          vu += gc * (u0 * a0 + u1 * a1 + u2 * a2 + u3 * a3);
+          vv += gc * (v0 * a0 + v1 * a1 + v2 * a2 + v3 * a3);
+        }
+        for (int j = 0; j < L; ++j) {
+          su[j] = vu[j];
+          sv[j] = vv[j];
+        }
+      }
       for (; c + L <= C; c += L) {
         for (int j = 0; j < L; ++j) {
           const int64_t o = chan<CL>(c + j, sC);
