@@ -266,7 +266,10 @@ def test_lrm_train_missing_data(files, no_model, capsys):
 
 def test_ctrl_c_exits_with_one_line_and_no_traceback(tmp_path):
     """A real SIGINT while a job runs: exit 130, one line, no traceback."""
-    script = ("import time, sys\n"
+    # The child restores Python's SIGINT handler: a test run started in the background of a
+    # non-interactive shell inherits SIGINT ignored, and Python then keeps ignoring it.
+    script = ("import signal, time, sys\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
               "from fastfields.cli import main\n"
               "import fastfields.bench as bench\n"
               "def slow(**kw):\n"
