@@ -169,7 +169,6 @@ FF_ALWAYS_INLINE void corner_pass_impl(const VoxelTaps<A>& t, const T* __restric
   }
   const unsigned mask = t.mask;
   int64_t c = 0;
-#if defined(__GNUC__)
   if constexpr (CL && std::is_same<T, A>::value) {
     // Channels-last rows, four channels a step: one vector update of each corner's gradient
     // row and one vector of partial dot products per corner (DiffRF's C = 4 is one step;
@@ -190,7 +189,6 @@ FF_ALWAYS_INLINE void corner_pass_impl(const VoxelTaps<A>& t, const T* __restric
       for (int k = 0; k < 8; ++k) s[k] = (sv[k][0] + sv[k][1]) + (sv[k][2] + sv[k][3]);
     }
   }
-#endif
   for (; c < C; ++c) {
     const A g = ff_load<A>(go[c * gC]);
 #pragma GCC unroll 8
