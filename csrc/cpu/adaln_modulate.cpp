@@ -237,8 +237,6 @@ void bwd_rows(const T* grad_out, const T* x, const A* dxhat_dout, const A* mean,
   bwd_rows_impl<T, A>(grad_out, x, dxhat_dout, mean, rstd, grad_x, P, Q, L, D, b, l_begin, l_end);
 }
 
-at::ScalarType acc_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
 void check_x(const at::Tensor& x, const char* name) {
   TORCH_CHECK(x.device().is_cpu(), "adaln_modulate (cpu): ", name, " must be a CPU tensor, got ", x.device());
   TORCH_CHECK(x.dim() == 3, "adaln_modulate: ", name, " must be [B, L, D], got ", x.sizes());
@@ -259,7 +257,7 @@ at::Tensor param(const at::Tensor& t, const at::Tensor& x, bool per_sample, cons
     TORCH_CHECK(t.dim() == 1 && t.size(0) == x.size(2), "adaln_modulate: ", name, " must be [D] = [", x.size(2),
                 "], got ", t.sizes());
   }
-  return t.to(acc_dtype(x));
+  return t.to(acc_dtype(x.scalar_type()));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate_fwd_cpu(
@@ -297,8 +295,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate_fwd_cpu(
   }
 
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
-  at::Tensor mean = at::empty({B, L}, x.options().dtype(acc_dtype(x)));
-  at::Tensor rstd = at::empty({B, L}, x.options().dtype(acc_dtype(x)));
+  at::Tensor mean = at::empty({B, L}, x.options().dtype(acc_dtype(x.scalar_type())));
+  at::Tensor rstd = at::empty({B, L}, x.options().dtype(acc_dtype(x.scalar_type())));
   const int64_t rows = B * L;
   if (rows == 0) return std::make_tuple(out, mean, rstd);
   const int64_t grain = std::max<int64_t>(1, 16384 / D);
@@ -339,7 +337,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate_bwd_cpu(
   TORCH_CHECK(grad_out_in.sizes() == x.sizes(), "adaln_modulate: grad_out must have shape ", x.sizes(), ", got ",
               grad_out_in.sizes());
   TORCH_CHECK(grad_out_in.device().is_cpu(), "adaln_modulate (cpu): grad_out must be a CPU tensor");
-  const at::ScalarType adt = acc_dtype(x);
+  const at::ScalarType adt = acc_dtype(x.scalar_type());
   TORCH_CHECK(mean_in.numel() == B * L && rstd_in.numel() == B * L,
               "adaln_modulate: mean and rstd must hold B * L = ", B * L, " values");
   const at::Tensor grad_out = grad_out_in.to(x.scalar_type()).contiguous();
