@@ -104,6 +104,19 @@ def test_edges_outside_and_non_finite(backend, device, padding):
     assert torch.isfinite(grad_volume).all() and (grad_xyz[0, 3:6] == 0).all()
 
 
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] == "cpu"])
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_many_incoherent_points(backend, device, padding):
+    """Over 2^14 random points on volumes of over 512 KB: the CPU backward processes them in a
+    spatial (Morton) order per batch (csrc/include/fastfields/cpu_gather.h) and must still read
+    each point's upstream gradient and write its gradient at the point's own index."""
+    volume, xyz = make_inputs(B=2, N=2**13 + 29, C=8, D=24, H=28, W=32, spread=1.05, device=device)
+    xyz[0, 5, 1] = float("nan")
+    xyz[1, 9, 2] = float("inf")
+    for v in (volume, volume_channels_last(volume)):
+        assert_matches_reference(backend, v, xyz, padding=padding, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_strided_inputs(backend, device):
     volume, xyz = make_inputs(device=device)

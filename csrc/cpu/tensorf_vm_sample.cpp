@@ -152,29 +152,11 @@ struct PointTaps {
   bool ok;
 };
 
-// The points in processing order: position i is point order[i] with coordinates gathered at
-// gathered + 3 * i (spatial order), or point i itself (no order).
-template <typename A>
-struct PointStream {
-  const A* xyz;
-  const int64_t* order;
-  const A* gathered;
-};
-
 template <typename A>
 inline void prepare_point(const VmSampleParams& p, const PointStream<A>& s, int64_t i, PointTaps<A>& q) {
   A pt[3];
-  if (s.order) {
-    q.n = s.order[i];
-    const A* c = s.gathered + 3 * i;
-    pt[0] = c[0];
-    pt[1] = c[1];
-    pt[2] = c[2];
-    q.ok = ff_isfinite(pt[0]) && ff_isfinite(pt[1]) && ff_isfinite(pt[2]);
-  } else {
-    q.n = i;
-    q.ok = vm_load_point<A>(s.xyz, p, i, pt);
-  }
+  int64_t b;  // always 0: one point set
+  q.ok = s.load(i, b, q.n, pt);
   if (!q.ok) return;
   for (int k = 0; k < 3; ++k) {
     vm_plane_taps_into<A>(q.plane[k], vm_pick(pt, p.mat_mode[2 * k]), vm_pick(pt, p.mat_mode[2 * k + 1]), p, k);
@@ -182,16 +164,16 @@ inline void prepare_point(const VmSampleParams& p, const PointStream<A>& s, int6
   }
 }
 
-// The points' processing order (fastfields/cpu_gather.h), from the size of the planes they read.
+// The points as the kernels walk them (fastfields/cpu_gather.h): spatially ordered when the
+// planes they read are large.
 template <typename T, typename A>
-PointOrder<A> vm_order(const VmSampleParams& p, const A* xyz) {
+PointStream<A> vm_points(const VmSampleParams& p, const A* xyz) {
   int64_t bytes = 0, side = 0;
   for (int k = 0; k < 3; ++k) {
     bytes += p.R[k] * p.H[k] * p.W[k] * int64_t(sizeof(T));
     side = std::max({side, p.H[k], p.W[k], p.L[k]});
   }
-  const PointSet<A> pts{xyz, 1, p.N, 0, p.xyz_strides[0], p.xyz_strides[1]};
-  return spatial_order<A>(pts, bytes, side);
+  return PointStream<A>(PointSet<A>{xyz, 1, p.N, 0, p.xyz_strides[0], p.xyz_strides[1]}, bytes, side, 2);
 }
 
 // Channels-last: one contiguous run of R values per corner, and the x0 / x1 corners of a row
@@ -259,7 +241,7 @@ void fwd_points(const VmSampleParams& p, const T* const planes[3], const A* cons
   auto prepare = [&](int64_t i, PointTaps<A>& q) {
     prepare_point<A>(p, pts, i, q);
     prefetch_planes<T, A>(p, planes, q);
-    if (pts.order) prefetch_bytes<1>(out + q.n * out_row, out_row * int64_t(sizeof(T)));  // rows out of order
+    if (pts.ordered()) prefetch_bytes<1>(out + q.n * out_row, out_row * int64_t(sizeof(T)));  // rows out of order
   };
   for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) {
     prepare(i, ring[i & (kRing - 1)]);
@@ -398,7 +380,7 @@ void bwd_points(const VmSampleParams& p, const T* grad_out, int64_t g_sN, int64_
     prepare_point<A>(p, pts, i, q);
     if (need_values) prefetch_planes<T, A>(p, planes, q);
     prefetch_grad_rows<A>(p, gb, q);
-    if (pts.order && q.ok && concat && g_sR == 1) {  // rows out of order
+    if (pts.ordered() && q.ok && concat && g_sR == 1) {  // rows out of order
       prefetch_bytes(grad_out + q.n * g_sN, p.total_R * int64_t(sizeof(T)));
     }
   };
@@ -532,8 +514,7 @@ at::Tensor tensorf_vm_sample_fwd_cpu(at::TensorList planes, at::TensorList lines
       line_ptrs[k] = in.lines[k].const_data_ptr<A>();
     }
     const A* xp = in.xyz.const_data_ptr<A>();
-    const PointOrder<A> order = vm_order<scalar_t, A>(p, xp);
-    const PointStream<A> pts{xp, order.order_ptr(), order.xyz_ptr()};
+    const PointStream<A> pts = vm_points<scalar_t, A>(p, xp);
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, p.N, kPointGrain, [&](int64_t begin, int64_t end) {
       ff_with_avx2([&] { fwd_points<scalar_t, A>(p, plane_ptrs, line_ptrs, pts, op, begin, end); });
@@ -595,8 +576,7 @@ std::vector<at::Tensor> tensorf_vm_sample_bwd_cpu(const at::Tensor& grad_out, at
       line_ptrs[k] = in.lines[k].const_data_ptr<A>();
     }
     const A* xp = in.xyz.const_data_ptr<A>();
-    const PointOrder<A> order = vm_order<scalar_t, A>(p, xp);
-    const PointStream<A> pts{xp, order.order_ptr(), order.xyz_ptr()};
+    const PointStream<A> pts = vm_points<scalar_t, A>(p, xp);
     const scalar_t* gop = go.const_data_ptr<scalar_t>();
     A* gx = need_xyz ? gxyz_a.mutable_data_ptr<A>() : nullptr;
     if (elems == 0) {  // only xyz: every point is independent

@@ -236,7 +236,7 @@ inline void store_row(T* __restrict__ out, const A* __restrict__ src, int64_t n,
 
 // ---------------------------------------------------------------------------------------
 // Per-point taps, computed kLookahead points ahead of their use so that the point's
-// scattered output / grad_out rows can be prefetched (see triplane_order below).
+// scattered output / grad_out rows can be prefetched (see triplane_points below).
 // ---------------------------------------------------------------------------------------
 
 constexpr int kLookahead = 8;
@@ -250,34 +250,21 @@ struct PointTaps {
 };
 
 template <typename A>
-inline void prepare_point(const TriplaneSampleParams& p, const A* xyz, int64_t idx, PointTaps<A>& q) {
-  q.b = idx / p.N;
-  q.n = idx - q.b * p.N;
+inline void prepare_point(const TriplaneSampleParams& p, const PointStream<A>& s, int64_t i, PointTaps<A>& q) {
   A pt[3];
-  q.ok = triplane_load_point<A>(xyz, p, q.b, q.n, pt);
+  q.ok = s.load(i, q.b, q.n, pt);
   if (!q.ok) return;
   for (int k = 0; k < 3; ++k) {
     triplane_plane_taps_into<A>(q.t[k], pt[p.axes[2 * k]], pt[p.axes[2 * k + 1]], p);
   }
 }
 
-// Same, for a point whose coordinates were gathered (contiguously) by spatial_order.
-template <typename A>
-inline void prepare_point_gathered(const TriplaneSampleParams& p, const A* pt, int64_t idx, PointTaps<A>& q) {
-  q.b = idx / p.N;
-  q.n = idx - q.b * p.N;
-  q.ok = ff_isfinite(pt[0]) && ff_isfinite(pt[1]) && ff_isfinite(pt[2]);
-  if (!q.ok) return;
-  for (int k = 0; k < 3; ++k) {
-    triplane_plane_taps_into<A>(q.t[k], pt[p.axes[2 * k]], pt[p.axes[2 * k + 1]], p);
-  }
-}
-
-// The points' processing order (fastfields/cpu_gather.h): the planes are one grid per batch.
+// The points as the kernels walk them (fastfields/cpu_gather.h): the planes are one grid per
+// batch, spatially ordered when they are large.
 template <typename T, typename A>
-PointOrder<A> triplane_order(const TriplaneSampleParams& p, const A* xyz) {
+PointStream<A> triplane_points(const TriplaneSampleParams& p, const A* xyz) {
   const PointSet<A> pts{xyz, p.B, p.N, p.xyz_strides[0], p.xyz_strides[1], p.xyz_strides[2]};
-  return spatial_order<A>(pts, 3 * p.H * p.W * p.C * int64_t(sizeof(T)), std::max(p.H, p.W));
+  return PointStream<A>(pts, 3 * p.H * p.W * p.C * int64_t(sizeof(T)), std::max(p.H, p.W), 2);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -285,8 +272,8 @@ PointOrder<A> triplane_order(const TriplaneSampleParams& p, const A* xyz) {
 // ---------------------------------------------------------------------------------------
 
 template <bool CL, typename T, typename A>
-void fwd_points(const TriplaneSampleParams& p, const T* planes, const A* xyz, T* out,
-                const int64_t* order, const A* gathered, int64_t begin, int64_t end) {
+void fwd_points(const TriplaneSampleParams& p, const T* planes, const PointStream<A>& pts, T* out, int64_t begin,
+                int64_t end) {
   const int64_t C = p.C;
   const int64_t OC = triplane_out_channels(p);
   const int64_t sB = p.planes_strides[0], sP = p.planes_strides[1], sC = p.planes_strides[2];
@@ -297,12 +284,8 @@ void fwd_points(const TriplaneSampleParams& p, const T* planes, const A* xyz, T*
   PointTaps<A> ring[kRing];
   auto prepare = [&](int64_t i) {
     PointTaps<A>& q = ring[i & (kRing - 1)];
-    const int64_t idx = order ? order[i] : i;
-    if (order) {
-      prepare_point_gathered<A>(p, gathered + 3 * i, idx, q);
-    } else {
-      prepare_point<A>(p, xyz, idx, q);
-    }
+    prepare_point<A>(p, pts, i, q);
+    const int64_t idx = q.b * p.N + q.n;
     prefetch_bytes<1>(out + idx * OC, OC * int64_t(sizeof(T)));
   };
   for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) prepare(i);
@@ -349,8 +332,8 @@ void fwd_points(const TriplaneSampleParams& p, const T* planes, const A* xyz, T*
 // Processes points [begin, end). gp (may be null) is a zeroed channels-last accumulation
 // buffer [B, 3, H, W, C] owned by the calling thread; gxyz (may be null) is [B, N, 3].
 template <bool CL, typename T, typename A>
-void bwd_points(const TriplaneSampleParams& p, const T* grad_out, const T* planes, const A* xyz,
-                A* gp, A* gxyz, const int64_t* order, const A* gathered, int64_t begin, int64_t end) {
+void bwd_points(const TriplaneSampleParams& p, const T* grad_out, const T* planes, const PointStream<A>& pts, A* gp,
+                A* gxyz, int64_t begin, int64_t end) {
   const int64_t C = p.C, H = p.H, W = p.W;
   const int64_t sB = p.planes_strides[0], sP = p.planes_strides[1], sC = p.planes_strides[2];
   const int64_t gB = p.grad_out_strides[0], gN = p.grad_out_strides[1];
@@ -364,12 +347,8 @@ void bwd_points(const TriplaneSampleParams& p, const T* grad_out, const T* plane
   PointTaps<A> ring[kRing];
   auto prepare = [&](int64_t i) {
     PointTaps<A>& q = ring[i & (kRing - 1)];
-    const int64_t idx = order ? order[i] : i;
-    if (order) {
-      prepare_point_gathered<A>(p, gathered + 3 * i, idx, q);
-    } else {
-      prepare_point<A>(p, xyz, idx, q);
-    }
+    prepare_point<A>(p, pts, i, q);
+    const int64_t idx = q.b * p.N + q.n;
     if (q.ok && gC == 1) {
       const T* go = grad_out + q.b * gB + q.n * gN;
       for (int k = 0; k < (reduced ? 1 : 3); ++k) prefetch_bytes<0>(go + k * gP, C * int64_t(sizeof(T)));
@@ -467,14 +446,12 @@ at::Tensor triplane_sample_fwd_cpu(const at::Tensor& planes, const at::Tensor& x
     const scalar_t* pl = planes.data_ptr<scalar_t>();
     const A* xp = xyz_a.data_ptr<A>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    const PointOrder<A> order = triplane_order<scalar_t, A>(p, xp);
-    const int64_t* ord = order.order_ptr();
-    const A* xyz_sorted = order.xyz_ptr();
+    const PointStream<A> pts = triplane_points<scalar_t, A>(p, xp);
     at::parallel_for(0, total, kPointGrain, [&](int64_t begin, int64_t end) {
       if (cl) {
-        ff_with_avx2([&] { fwd_points<true, scalar_t, A>(p, pl, xp, op, ord, xyz_sorted, begin, end); });
+        ff_with_avx2([&] { fwd_points<true, scalar_t, A>(p, pl, pts, op, begin, end); });
       } else {
-        ff_with_avx2([&] { fwd_points<false, scalar_t, A>(p, pl, xp, op, ord, xyz_sorted, begin, end); });
+        ff_with_avx2([&] { fwd_points<false, scalar_t, A>(p, pl, pts, op, begin, end); });
       }
     });
   });
@@ -515,14 +492,12 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(const at::Tensor& gra
       const scalar_t* gop = go.data_ptr<scalar_t>();
       const A* xp = xyz_a.data_ptr<A>();
       A* gx = need_xyz ? gxyz_a.data_ptr<A>() : nullptr;
-      const PointOrder<A> order = triplane_order<scalar_t, A>(p, xp);
-      const int64_t* ord = order.order_ptr();
-      const A* xyz_sorted = order.xyz_ptr();
+      const PointStream<A> pts = triplane_points<scalar_t, A>(p, xp);
       auto run = [&](A* gpbuf, int64_t begin, int64_t end) {
         if (cl) {
-          ff_with_avx2([&] { bwd_points<true, scalar_t, A>(p, gop, pl, xp, gpbuf, gx, ord, xyz_sorted, begin, end); });
+          ff_with_avx2([&] { bwd_points<true, scalar_t, A>(p, gop, pl, pts, gpbuf, gx, begin, end); });
         } else {
-          ff_with_avx2([&] { bwd_points<false, scalar_t, A>(p, gop, pl, xp, gpbuf, gx, ord, xyz_sorted, begin, end); });
+          ff_with_avx2([&] { bwd_points<false, scalar_t, A>(p, gop, pl, pts, gpbuf, gx, begin, end); });
         }
       };
       if (!need_planes) {

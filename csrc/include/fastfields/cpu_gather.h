@@ -46,16 +46,6 @@ inline uint32_t morton_cell(A c, A scale, uint32_t cells) {
   return static_cast<uint32_t>(f);
 }
 
-// Processing order of the points (empty: their own order) and their coordinates gathered in
-// that order ([3] per point), so the kernels read them sequentially.
-template <typename A>
-struct PointOrder {
-  std::vector<int64_t> order;
-  std::vector<A> xyz;
-  const int64_t* order_ptr() const { return order.empty() ? nullptr : order.data(); }
-  const A* xyz_ptr() const { return order.empty() ? nullptr : xyz.data(); }
-};
-
 // Where the points are: point i = b * N + n of B batches (each batch has its own grid, so
 // batches are never interleaved) is at xyz + b * sB + n * sN, its coordinates sD apart.
 template <typename A>
@@ -63,21 +53,36 @@ struct PointSet {
   const A* xyz;
   int64_t B, N;
   int64_t sB, sN, sD;
-  const A* at(int64_t i) const {
-    const int64_t b = i / N;
-    return xyz + b * sB + (i - b * N) * sN;
+  // b and n of point i (no division for one batch: it would cost more than the point's taps).
+  FF_ALWAYS_INLINE void split(int64_t i, int64_t& b, int64_t& n) const {
+    b = B == 1 ? 0 : i / N;
+    n = i - b * N;
   }
+  FF_ALWAYS_INLINE const A* at(int64_t b, int64_t n) const { return xyz + b * sB + n * sN; }
 };
 
-// The order for points reading a grid of grid_bytes whose largest side has max_side texels.
+// Processing order of the points (empty: their own order) and their coordinates gathered in
+// that order ([3] per point), so the kernels read them sequentially.
 template <typename A>
-PointOrder<A> spatial_order(const PointSet<A>& pts, int64_t grid_bytes, int64_t max_side) {
+struct PointOrder {
+  std::vector<int64_t> order;
+  std::vector<A> xyz;
+};
+
+// The order for points reading a grid of grid_bytes per batch whose largest side has max_side
+// texels; grid_dims = 2 for planes and lines (a cell of the 3D order reads a square of each
+// plane), 3 for a volume (a cube of it).
+template <typename A>
+PointOrder<A> spatial_order(const PointSet<A>& pts, int64_t grid_bytes, int64_t max_side, int grid_dims) {
   PointOrder<A> result;
   const int64_t total = pts.B * pts.N;
   if (total < (int64_t(1) << 14) || grid_bytes < (int64_t(1) << 19)) return result;
-  // Cells of about 4 texels along the largest side, at most 32 per axis.
+  // Cells of at least 4 texels along the largest side, at most 32 per axis, and no finer than
+  // needed for a cell's share of the grid to sit in L1 (~16 KB): finer cells only make the
+  // sort's scatter wider (a 4 MB volume in 16^3 cells sorted slower than it then sampled).
+  constexpr int64_t kCellBytes = int64_t(1) << 14;
   int bits = 0;
-  while (bits < 5 && (int64_t(4) << bits) < max_side) ++bits;
+  while (bits < 5 && (int64_t(4) << bits) < max_side && (grid_bytes >> (grid_dims * bits)) > kCellBytes) ++bits;
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total / 4096 + 1));
   while (bits > 0 && pts.B * (int64_t(1) << (3 * bits)) * threads > (int64_t(1) << 20)) --bits;
   if (bits == 0) return result;
@@ -96,16 +101,23 @@ PointOrder<A> spatial_order(const PointSet<A>& pts, int64_t grid_bytes, int64_t 
       int64_t* h = hist.data() + t * nkeys;
       int64_t same = 0;
       uint32_t prev = ~0u;
-      for (int64_t i = chunk_begin(t); i < chunk_begin(t + 1); ++i) {
-        const A* q = pts.at(i);
+      const int64_t first = chunk_begin(t), last = chunk_begin(t + 1);  // not re-divided per point
+      int64_t b, n;
+      pts.split(first, b, n);
+      for (int64_t i = first; i < last; ++i) {
+        const A* q = pts.at(b, n);
         const uint32_t m = morton_spread3(morton_cell(q[0], scale, cells)) |
                            (morton_spread3(morton_cell(q[sD], scale, cells)) << 1) |
                            (morton_spread3(morton_cell(q[2 * sD], scale, cells)) << 2);
-        const uint32_t key = static_cast<uint32_t>((i / pts.N) * K) + m;
+        const uint32_t key = static_cast<uint32_t>(b * K) + m;
         keys[i] = key;
         ++h[key];
         same += key == prev;
         prev = key;
+        if (++n == pts.N) {
+          n = 0;
+          ++b;
+        }
       }
       coherent[t] = same;
     }
@@ -131,17 +143,60 @@ PointOrder<A> spatial_order(const PointSet<A>& pts, int64_t grid_bytes, int64_t 
   at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       int64_t* h = hist.data() + t * nkeys;
-      for (int64_t i = chunk_begin(t); i < chunk_begin(t + 1); ++i) {
+      const int64_t first = chunk_begin(t), last = chunk_begin(t + 1);  // not re-divided per point
+      int64_t b, n;
+      pts.split(first, b, n);
+      for (int64_t i = first; i < last; ++i) {
         const int64_t pos = h[keys[i]]++;
         order[pos] = i;
-        const A* q = pts.at(i);
+        const A* q = pts.at(b, n);
         sx[3 * pos] = q[0];
         sx[3 * pos + 1] = q[sD];
         sx[3 * pos + 2] = q[2 * sD];
+        if (++n == pts.N) {
+          n = 0;
+          ++b;
+        }
       }
     }
   });
   return result;
 }
+
+// The points as a kernel walks them: position i is point order[i], its coordinates gathered at
+// 3 * i (spatial order, for a grid large enough to need it), or point i itself. Position
+// ranges are what the threads split; outputs are still written at each point's own index.
+template <typename A>
+class PointStream {
+ public:
+  PointStream(const PointSet<A>& pts, int64_t grid_bytes, int64_t max_side, int grid_dims)
+      : pts_(pts), sorted_(spatial_order<A>(pts, grid_bytes, max_side, grid_dims)) {}
+
+  // Consecutive positions are not consecutive points: outputs are scattered (worth prefetching).
+  bool ordered() const { return !sorted_.order.empty(); }
+
+  // The point at position i: its batch and index in it into b and n, its coordinates into pt;
+  // false when one of them is not finite (such a point reads zeros and gets zero gradient).
+  FF_ALWAYS_INLINE bool load(int64_t i, int64_t& b, int64_t& n, A pt[3]) const {
+    if (ordered()) {
+      pts_.split(sorted_.order[i], b, n);
+      const A* c = sorted_.xyz.data() + 3 * i;
+      pt[0] = c[0];
+      pt[1] = c[1];
+      pt[2] = c[2];
+    } else {
+      pts_.split(i, b, n);
+      const A* c = pts_.at(b, n);
+      pt[0] = c[0];
+      pt[1] = c[pts_.sD];
+      pt[2] = c[2 * pts_.sD];
+    }
+    return ff_isfinite(pt[0]) && ff_isfinite(pt[1]) && ff_isfinite(pt[2]);
+  }
+
+ private:
+  PointSet<A> pts_;
+  PointOrder<A> sorted_;
+};
 
 }  // namespace fastfields
