@@ -39,16 +39,21 @@ inline int64_t chan(int64_t c, int64_t sC) {
 template <typename A>
 struct PointTaps {
   VoxelTaps<A> t;
+  AxisTap<A> ax[3];  // along W, H, D: backward only (the gradient to xyz)
   int64_t b, n;
+  int64_t row0;  // backward only: the offset of corner 0's row in the gradient buffer (GradRows)
 };
 
 template <bool GRAD, typename A>
 FF_ALWAYS_INLINE void prepare_point(const VoxelSampleParams& p, const PointStream<A>& s, int64_t i, PointTaps<A>& q) {
   A pt[3];
-  if (s.load(i, q.b, q.n, pt)) {
-    voxel_taps_into<A, GRAD>(q.t, pt[0], pt[1], pt[2], p);
-  } else {
+  if (!s.load(i, q.b, q.n, pt)) {
     q.t.mask = 0u;
+  } else if (GRAD) {
+    voxel_axis_taps<A>(q.ax[0], q.ax[1], q.ax[2], pt[0], pt[1], pt[2], p);
+    voxel_taps_from_axes<A, false>(q.t, q.ax[0], q.ax[1], q.ax[2], p);
+  } else {
+    voxel_taps_into<A, false>(q.t, pt[0], pt[1], pt[2], p);
   }
 }
 
@@ -82,19 +87,32 @@ inline void prefetch_volume(const VoxelSampleParams& p, const T* volume, const P
   }
 }
 
-// Prefetch (for writing) the rows of the channels-last gradient buffer a point updates.
+// The channels-last gradient buffer [B, D, H, W, C]: the element offset of corner k's row is
+// the point's corner-0 row (PointTaps::row0) plus row_off[k], one constant per corner.
 template <typename A>
-inline void prefetch_grad_rows(const VoxelSampleParams& p, const A* gv, const PointTaps<A>& q) {
-  if (gv == nullptr) return;
-  const A* buf = gv + q.b * p.D * p.H * p.W * p.C;
-  for (int k = 0; k < 8; k += 2) {  // the (x0, x1) rows of one (y, z) are adjacent
-    const unsigned m = (q.t.mask >> k) & 3u;
-    if (!m) continue;
-    const int first = (m & 1u) ? k : k + 1;
-    const int64_t cnt = (m == 3u) ? 2 * p.C : p.C;
-    prefetch_bytes(buf + voxel_corner_cell(q.t, first, p) * p.C, cnt * int64_t(sizeof(A)));
+struct GradRows {
+  A* buf;  // null: the volume's gradient is not wanted
+  int64_t row_off[8];
+
+  GradRows(A* buf_, const VoxelSampleParams& p) : buf(buf_) {
+    for (int k = 0; k < 8; ++k) {
+      row_off[k] = ((voxel_corner_dz(k) * p.H + voxel_corner_dy(k)) * p.W + voxel_corner_dx(k)) * p.C;
+    }
   }
-}
+  int64_t row0(const PointTaps<A>& q, const VoxelSampleParams& p) const {
+    return ((q.b * p.D + q.t.z0) * p.H + q.t.y0) * p.W * p.C + q.t.x0 * p.C;
+  }
+  // Prefetch (for writing) the rows a point updates.
+  void prefetch(const PointTaps<A>& q, const VoxelSampleParams& p) const {
+    for (int k = 0; k < 8; k += 2) {  // the (x0, x1) rows of one (y, z) are adjacent
+      const unsigned m = (q.t.mask >> k) & 3u;
+      if (!m) continue;
+      const int first = (m & 1u) ? k : k + 1;
+      const int64_t cnt = (m == 3u) ? 2 * p.C : p.C;
+      prefetch_bytes(buf + q.row0 + row_off[first], cnt * int64_t(sizeof(A)));
+    }
+  }
+};
 
 // ---------------------------------------------------------------------------------------
 // Forward
@@ -232,15 +250,19 @@ inline void corner_pass(const VoxelTaps<A>& t, const T* __restrict__ go, int64_t
 template <bool CL, typename T, typename A>
 void bwd_points(const VoxelSampleParams& p, const T* grad_out, const T* volume, const PointStream<A>& pts, A* gv,
                 A* gxyz, int64_t begin, int64_t end) {
-  const int64_t C = p.C, cells = p.D * p.H * p.W;
+  const int64_t C = p.C;
   const int64_t sB = p.volume_strides[0], sC = p.volume_strides[1];
   const int64_t gB = p.grad_out_strides[0], gN = p.grad_out_strides[1], gC = p.grad_out_strides[2];
+  const GradRows<A> grows(gv, p);
   PointTaps<A> ring[kRing];
   const bool scattered = pts.ordered();
   auto prepare = [&](int64_t i, PointTaps<A>& q) {
     prepare_point<true, A>(p, pts, i, q);
     if (gxyz) prefetch_volume<CL>(p, volume, q);
-    prefetch_grad_rows<A>(p, gv, q);
+    if (gv && q.t.mask) {  // (a non-finite point has no corners, and no corner indices)
+      q.row0 = grows.row0(q, p);
+      grows.prefetch(q, p);
+    }
     if (scattered) {
       if (gC == 1) prefetch_bytes(grad_out + q.b * gB + q.n * gN, C * int64_t(sizeof(T)));
       if (gxyz) __builtin_prefetch(gxyz + 3 * (q.b * p.N + q.n), 1);
@@ -253,12 +275,11 @@ void bwd_points(const VoxelSampleParams& p, const T* grad_out, const T* volume, 
     if (i + kLookahead < end) prepare(i + kLookahead, ring[(i + kLookahead) & (kRing - 1)]);
     const PointTaps<A>& q = ring[i & (kRing - 1)];
     const VoxelTaps<A>& t = q.t;
-    A dx = A(0), dy = A(0), dz = A(0);
+    A d[3] = {A(0), A(0), A(0)};
     if (t.mask != 0u) {
       A* rows[8];
       if (gv) {
-        A* buf_b = gv + q.b * cells * C;
-        for (int k = 0; k < 8; ++k) rows[k] = (t.mask & (1u << k)) ? buf_b + voxel_corner_cell(t, k, p) * C : nullptr;
+        for (int k = 0; k < 8; ++k) rows[k] = (t.mask & (1u << k)) ? gv + q.row0 + grows.row_off[k] : nullptr;
       }
       const T* go = grad_out + q.b * gB + q.n * gN;
       const T* base = volume + q.b * sB;
@@ -268,18 +289,13 @@ void bwd_points(const VoxelSampleParams& p, const T* grad_out, const T* volume, 
       } else {
         corner_pass<CL, false>(t, go, gC, base, sC, gv ? rows : nullptr, gxyz != nullptr, C, s);
       }
-      // Out-of-bounds corners have s = 0 and zero derivative weights.
-      for (int k = 0; k < 8; ++k) {
-        dx += t.dwx[k] * s[k];
-        dy += t.dwy[k] * s[k];
-        dz += t.dwz[k] * s[k];
-      }
+      if (gxyz) voxel_xyz_grad<A>(q.ax[0], q.ax[1], q.ax[2], s, d);  // out-of-bounds corners have s = 0
     }
     if (gxyz) {
-      A* d = gxyz + 3 * (q.b * p.N + q.n);
-      d[0] = dx;
-      d[1] = dy;
-      d[2] = dz;
+      A* dst = gxyz + 3 * (q.b * p.N + q.n);
+      dst[0] = d[0];
+      dst[1] = d[1];
+      dst[2] = d[2];
     }
   }
 }

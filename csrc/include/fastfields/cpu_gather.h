@@ -102,19 +102,23 @@ PointOrder<A> spatial_order(const PointSet<A>& pts, int64_t grid_bytes, int64_t 
       int64_t same = 0;
       uint32_t prev = ~0u;
       const int64_t first = chunk_begin(t), last = chunk_begin(t + 1);  // not re-divided per point
+      // Copies the loop's stores cannot alias (through references, each store to the
+      // histogram or the order made the compiler reload the strides).
+      const PointSet<A> set = pts;
+      const int64_t sd = sD, k_per_batch = K;
       int64_t b, n;
-      pts.split(first, b, n);
+      set.split(first, b, n);
       for (int64_t i = first; i < last; ++i) {
-        const A* q = pts.at(b, n);
+        const A* q = set.at(b, n);
         const uint32_t m = morton_spread3(morton_cell(q[0], scale, cells)) |
-                           (morton_spread3(morton_cell(q[sD], scale, cells)) << 1) |
-                           (morton_spread3(morton_cell(q[2 * sD], scale, cells)) << 2);
-        const uint32_t key = static_cast<uint32_t>(b * K) + m;
+                           (morton_spread3(morton_cell(q[sd], scale, cells)) << 1) |
+                           (morton_spread3(morton_cell(q[2 * sd], scale, cells)) << 2);
+        const uint32_t key = static_cast<uint32_t>(b * k_per_batch) + m;
         keys[i] = key;
         ++h[key];
         same += key == prev;
         prev = key;
-        if (++n == pts.N) {
+        if (++n == set.N) {
           n = 0;
           ++b;
         }
@@ -144,16 +148,20 @@ PointOrder<A> spatial_order(const PointSet<A>& pts, int64_t grid_bytes, int64_t 
     for (int64_t t = t0; t < t1; ++t) {
       int64_t* h = hist.data() + t * nkeys;
       const int64_t first = chunk_begin(t), last = chunk_begin(t + 1);  // not re-divided per point
+      // Copies the loop's stores cannot alias (through references, each store to the
+      // histogram or the order made the compiler reload the strides).
+      const PointSet<A> set = pts;
+      const int64_t sd = sD;
       int64_t b, n;
-      pts.split(first, b, n);
+      set.split(first, b, n);
       for (int64_t i = first; i < last; ++i) {
         const int64_t pos = h[keys[i]]++;
         order[pos] = i;
-        const A* q = pts.at(b, n);
+        const A* q = set.at(b, n);
         sx[3 * pos] = q[0];
-        sx[3 * pos + 1] = q[sD];
-        sx[3 * pos + 2] = q[2 * sD];
-        if (++n == pts.N) {
+        sx[3 * pos + 1] = q[sd];
+        sx[3 * pos + 2] = q[2 * sd];
+        if (++n == set.N) {
           n = 0;
           ++b;
         }

@@ -62,15 +62,15 @@ FF_HD void voxel_corner_weights(VoxelTaps<A>& t, int k, const A wx[2], const A w
   }
 }
 
-// Fills t with the taps of (x, y, z). GRAD = false leaves dwx / dwy / dwz unset (the forward
-// never reads them). The CPU kernels fill their prefetch ring's entry in place: a VoxelTaps
-// returned by value is built with scalar stores and then copied with wide loads, which cannot
-// be forwarded from those stores (a stall of ~15 cycles each; a third of the forward's time).
+// Fills t with the taps of the point whose taps along W, H and D are tx, ty and tz. GRAD =
+// false leaves dwx / dwy / dwz unset (the forward never reads them; nor does the CPU backward,
+// which takes the gradient to xyz from the axis taps, see voxel_xyz_grad). The CPU kernels fill
+// their prefetch ring's entry in place: a VoxelTaps returned by value is built with scalar
+// stores and then copied with wide loads, which cannot be forwarded from those stores (a stall
+// of ~15 cycles each; a third of the forward's time).
 template <typename A, bool GRAD = true>
-FF_HD void voxel_taps_into(VoxelTaps<A>& t, A x, A y, A z, const VoxelSampleParams& p) {
-  const AxisTap<A> tx = triplane_axis_tap<A>(x, p.W, p.align_corners, p.padding);
-  const AxisTap<A> ty = triplane_axis_tap<A>(y, p.H, p.align_corners, p.padding);
-  const AxisTap<A> tz = triplane_axis_tap<A>(z, p.D, p.align_corners, p.padding);
+FF_HD void voxel_taps_from_axes(VoxelTaps<A>& t, const AxisTap<A>& tx, const AxisTap<A>& ty, const AxisTap<A>& tz,
+                                const VoxelSampleParams& p) {
   const int64_t sD = p.volume_strides[2];
   const int64_t sH = p.volume_strides[3];
   const int64_t sW = p.volume_strides[4];
@@ -121,6 +121,41 @@ FF_HD void voxel_taps_into(VoxelTaps<A>& t, A x, A y, A z, const VoxelSamplePara
       t.dwz[k] = A(0);
     }
   }
+}
+
+// The taps along W, H and D of point (x, y, z).
+template <typename A>
+FF_HD void voxel_axis_taps(AxisTap<A>& tx, AxisTap<A>& ty, AxisTap<A>& tz, A x, A y, A z, const VoxelSampleParams& p) {
+  tx = triplane_axis_tap<A>(x, p.W, p.align_corners, p.padding);
+  ty = triplane_axis_tap<A>(y, p.H, p.align_corners, p.padding);
+  tz = triplane_axis_tap<A>(z, p.D, p.align_corners, p.padding);
+}
+
+// Fills t with the taps of (x, y, z).
+template <typename A, bool GRAD = true>
+FF_HD void voxel_taps_into(VoxelTaps<A>& t, A x, A y, A z, const VoxelSampleParams& p) {
+  AxisTap<A> tx, ty, tz;
+  voxel_axis_taps<A>(tx, ty, tz, x, y, z, p);
+  voxel_taps_from_axes<A, GRAD>(t, tx, ty, tz, p);
+}
+
+// The gradient to (x, y, z) from the per-corner sums s[k] = sum_c grad_out[c] * volume[corner
+// k, c] (0 for an out-of-bounds corner), one axis at a time: d/dx = dcoord_x * sum over the
+// (y, z) corner pairs of wy * wz * (s[x1] - s[x0]), and likewise along y and z. The same sum as
+// sum_k dwx[k] * s[k] in another order, with 39 flops instead of 96 (the derivative weights
+// need not be formed).
+template <typename A>
+FF_HD void voxel_xyz_grad(const AxisTap<A>& tx, const AxisTap<A>& ty, const AxisTap<A>& tz, const A s[8], A d[3]) {
+  const A wx0 = tx.w0, wx1 = tx.w1, wy0 = ty.w0, wy1 = ty.w1, wz0 = tz.w0, wz1 = tz.w1;
+  const A gx = wy0 * wz0 * (s[1] - s[0]) + wy1 * wz0 * (s[3] - s[2]) + wy0 * wz1 * (s[5] - s[4]) +
+               wy1 * wz1 * (s[7] - s[6]);
+  const A gy = wx0 * wz0 * (s[2] - s[0]) + wx1 * wz0 * (s[3] - s[1]) + wx0 * wz1 * (s[6] - s[4]) +
+               wx1 * wz1 * (s[7] - s[5]);
+  const A gz = wx0 * wy0 * (s[4] - s[0]) + wx1 * wy0 * (s[5] - s[1]) + wx0 * wy1 * (s[6] - s[2]) +
+               wx1 * wy1 * (s[7] - s[3]);
+  d[0] = gx * tx.dcoord;
+  d[1] = gy * ty.dcoord;
+  d[2] = gz * tz.dcoord;
 }
 
 template <typename A, bool GRAD = true>
