@@ -17,7 +17,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <tuple>
 #include <type_traits>
@@ -28,33 +27,8 @@
 #include "fastfields/triplane_sample_bind.h"
 #include "fastfields/schemas.h"
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 namespace fastfields {
 namespace {
-
-// Ask for transparent huge pages on a large buffer this op allocated and is about to fill
-// (Linux, THP in "madvise" mode): scattered row writes then take far fewer page faults and
-// TLB misses. Only the 2 MiB-aligned interior is advised; a no-op elsewhere. Disable with
-// FASTFIELDS_CPU_HUGEPAGES=0.
-inline void advise_hugepages(void* ptr, int64_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  static const bool enabled = [] {
-    const char* e = std::getenv("FASTFIELDS_CPU_HUGEPAGES");
-    return !(e && e[0] == '0');
-  }();
-  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-  if (!enabled || ptr == nullptr || bytes < int64_t(2 * kHuge)) return;
-  const uintptr_t a = (reinterpret_cast<uintptr_t>(ptr) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t e = (reinterpret_cast<uintptr_t>(ptr) + static_cast<uintptr_t>(bytes)) & ~(kHuge - 1);
-  if (e > a) (void)madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
-#else
-  (void)ptr;
-  (void)bytes;
-#endif
-}
 
 // ---------------------------------------------------------------------------------------
 // Inner channel loops. CL = channels-last planes (stride_C == 1): contiguous, vectorisable.
@@ -541,73 +515,10 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(const at::Tensor& gra
         at::parallel_for(0, total, kPointGrain, [&](int64_t begin, int64_t end) { run(nullptr, begin, end); });
         return;
       }
-      // Per-thread channels-last accumulation buffers ("slots"), each owned by one thread for
-      // a contiguous range of points, summed at the end: no atomics. Use fewer slots when the
-      // buffers would cost more than the work they parallelise, or take too much memory.
-      const int64_t elems = B * 3 * H * W * C;
-      const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+      // Per-thread channels-last buffers summed at the end (fastfields/cpu_gather.h).
       const int64_t work = total * 12 * C;  // accumulations into grad_planes
-      int64_t slots = std::min<int64_t>(threads, std::max<int64_t>(1, work / std::max<int64_t>(1, 2 * elems)));
-      constexpr int64_t kMaxExtraBytes = int64_t(1) << 30;
-      const int64_t max_extra = kMaxExtraBytes / std::max<int64_t>(1, elems * int64_t(sizeof(A)));
-      slots = std::max<int64_t>(1, std::min<int64_t>(slots, max_extra + 1));
-      slots = std::min<int64_t>(slots, total);
-
-      constexpr bool same = std::is_same<scalar_t, A>::value;
-      // Slot 0 accumulates straight into the result when no dtype conversion is needed.
-      const int64_t n_extra = same ? slots - 1 : slots;
-      at::Tensor extra;
-      if (n_extra > 0) {
-        extra = at::empty({n_extra, elems}, planes.options().dtype(adt));
-        advise_hugepages(extra.data_ptr(), extra.nbytes());
-      }
-      A* extra_p = n_extra > 0 ? extra.data_ptr<A>() : nullptr;
-      A* out0 = nullptr;
-      if constexpr (same) out0 = reinterpret_cast<A*>(gp_cl.data_ptr<scalar_t>());
-      auto slot_buf = [&](int64_t s) -> A* {
-        if (same) return s == 0 ? out0 : extra_p + (s - 1) * elems;
-        return extra_p + s * elems;
-      };
-      at::parallel_for(0, slots, 1, [&](int64_t s0, int64_t s1) {
-        for (int64_t s = s0; s < s1; ++s) {
-          A* buf = slot_buf(s);
-          std::memset(buf, 0, sizeof(A) * static_cast<size_t>(elems));
-          const int64_t begin = total * s / slots;
-          const int64_t end = total * (s + 1) / slots;
-          run(buf, begin, end);
-        }
-      });
-      if (same && slots == 1) return;
-      scalar_t* dst = gp_cl.data_ptr<scalar_t>();
-      at::parallel_for(0, elems, 4096, [&](int64_t begin, int64_t end) {
-        if (same) {
-          A* d = reinterpret_cast<A*>(dst);
-          for (int64_t s = 1; s < slots; ++s) {
-            const A* __restrict__ src = slot_buf(s);
-            A* __restrict__ dd = d;
-            for (int64_t i = begin; i < end; ++i) dd[i] += src[i];
-          }
-        } else {
-          const A* __restrict__ s0p = slot_buf(0);
-          scalar_t* __restrict__ dd = dst;
-          if (slots == 1) {
-            for (int64_t i = begin; i < end; ++i) dd[i] = ff_store<scalar_t>(s0p[i]);
-          } else {
-            // Sum in chunks through a small stack buffer to keep the loops vectorisable.
-            constexpr int64_t kChunk = 1024;
-            A tmp[kChunk];
-            for (int64_t i0 = begin; i0 < end; i0 += kChunk) {
-              const int64_t m = std::min<int64_t>(kChunk, end - i0);
-              for (int64_t i = 0; i < m; ++i) tmp[i] = s0p[i0 + i];
-              for (int64_t s = 1; s < slots; ++s) {
-                const A* __restrict__ src = slot_buf(s) + i0;
-                for (int64_t i = 0; i < m; ++i) tmp[i] += src[i];
-              }
-              for (int64_t i = 0; i < m; ++i) dd[i0 + i] = ff_store<scalar_t>(tmp[i]);
-            }
-          }
-        }
-      });
+      accumulate_in_slots<scalar_t, A>(gp_cl.data_ptr<scalar_t>(), B * 3 * H * W * C, total, work, planes.options(),
+                                       true, run);
     });
   }
 

@@ -380,53 +380,11 @@ std::tuple<at::Tensor, at::Tensor> voxel_sample_bwd_cpu(const at::Tensor& grad_o
         at::parallel_for(0, total, kPointGrain, [&](int64_t begin, int64_t end) { run(nullptr, begin, end); });
         return;
       }
-      // Per-thread channels-last accumulation buffers ("slots"), each owned by one thread for
-      // a contiguous range of points, summed at the end: no atomics. Use fewer slots when the
-      // buffers would cost more than the work they parallelise, or take too much memory.
-      const int64_t elems = B * D * H * W * C;
-      const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+      // Per-thread channels-last buffers summed at the end (fastfields/cpu_gather.h); without
+      // huge-page advice, which measured slower for these slots (benchmarks/results/backward-cpu.md).
       const int64_t work = total * 8 * C;  // accumulations into grad_volume
-      int64_t slots = std::min<int64_t>(threads, std::max<int64_t>(1, work / std::max<int64_t>(1, 2 * elems)));
-      constexpr int64_t kMaxExtraBytes = int64_t(1) << 30;
-      const int64_t max_extra = kMaxExtraBytes / std::max<int64_t>(1, elems * int64_t(sizeof(A)));
-      slots = std::max<int64_t>(1, std::min<int64_t>({slots, max_extra + 1, total}));
-
-      constexpr bool same = std::is_same<scalar_t, A>::value;
-      // Slot 0 accumulates straight into the result when no dtype conversion is needed.
-      const int64_t n_extra = same ? slots - 1 : slots;
-      at::Tensor extra;
-      if (n_extra > 0) extra = at::empty({n_extra, elems}, volume.options().dtype(adt));
-      A* extra_p = n_extra > 0 ? extra.mutable_data_ptr<A>() : nullptr;
-      A* out0 = nullptr;
-      if constexpr (same) out0 = reinterpret_cast<A*>(gv_cl.mutable_data_ptr<scalar_t>());
-      auto slot_buf = [&](int64_t s) -> A* {
-        if (same) return s == 0 ? out0 : extra_p + (s - 1) * elems;
-        return extra_p + s * elems;
-      };
-      at::parallel_for(0, slots, 1, [&](int64_t s0, int64_t s1) {
-        for (int64_t s = s0; s < s1; ++s) {
-          A* slot = slot_buf(s);
-          std::memset(slot, 0, sizeof(A) * static_cast<size_t>(elems));
-          run(slot, total * s / slots, total * (s + 1) / slots);
-        }
-      });
-      if (same && slots == 1) return;
-      scalar_t* dst = gv_cl.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, elems, 4096, [&](int64_t begin, int64_t end) {
-        // Sum the slots in chunks through a small stack buffer to keep the loops vectorisable.
-        constexpr int64_t kChunk = 1024;
-        A tmp[kChunk];
-        for (int64_t i0 = begin; i0 < end; i0 += kChunk) {
-          const int64_t m = std::min<int64_t>(kChunk, end - i0);
-          const A* first = slot_buf(0) + i0;  // may be dst itself
-          for (int64_t i = 0; i < m; ++i) tmp[i] = first[i];
-          for (int64_t s = 1; s < slots; ++s) {
-            const A* __restrict__ src = slot_buf(s) + i0;
-            for (int64_t i = 0; i < m; ++i) tmp[i] += src[i];
-          }
-          for (int64_t i = 0; i < m; ++i) dst[i0 + i] = ff_store<scalar_t>(tmp[i]);
-        }
-      });
+      accumulate_in_slots<scalar_t, A>(gv_cl.mutable_data_ptr<scalar_t>(), B * D * H * W * C, total, work,
+                                       volume.options(), false, run);
     });
   }
 

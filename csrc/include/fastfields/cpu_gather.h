@@ -1,5 +1,6 @@
 // Pieces shared by the CPU gather kernels (triplane_sample, tensorf_vm_sample, voxel_sample):
-// software prefetch of a row, and the spatial (Morton) processing order of incoherent points.
+// software prefetch of a row, huge-page advice and per-thread accumulation of a scattered
+// gradient, and the spatial (Morton) processing order of incoherent points.
 // CPU only: included by csrc/cpu/*.cpp, never by nvcc.
 //
 // Random points read a feature grid at random places, and once the grid outgrows the L2
@@ -11,11 +12,19 @@
 // and for points that are already coherent (e.g. samples along rays).
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "fastfields/common.h"
 
@@ -27,6 +36,80 @@ inline void prefetch_bytes(const void* ptr, int64_t bytes) {
   const char* c = static_cast<const char*>(ptr);
   for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, kWrite);
   __builtin_prefetch(c + bytes - 1, kWrite);
+}
+
+// Ask for transparent huge pages on a large buffer a kernel allocated and is about to fill
+// (Linux, THP in "madvise" mode): scattered row writes then take far fewer page faults and
+// TLB misses. Only the 2 MiB-aligned interior is advised; a no-op elsewhere. Disable with
+// FASTFIELDS_CPU_HUGEPAGES=0.
+inline void advise_hugepages(void* ptr, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  static const bool enabled = [] {
+    const char* e = std::getenv("FASTFIELDS_CPU_HUGEPAGES");
+    return !(e && e[0] == '0');
+  }();
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  if (!enabled || ptr == nullptr || bytes < int64_t(2 * kHuge)) return;
+  const uintptr_t a = (reinterpret_cast<uintptr_t>(ptr) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(ptr) + static_cast<uintptr_t>(bytes)) & ~(kHuge - 1);
+  if (e > a) (void)madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
+#else
+  (void)ptr;
+  (void)bytes;
+#endif
+}
+
+// A gradient scattered by points [0, total) into one contiguous buffer of `elems` elements
+// (result, dtype T), accumulated without atomics: each "slot" is a zeroed buffer of the
+// accumulation dtype A owned by one thread for a contiguous range of point positions, and the
+// slots are summed into the result at the end. Fewer slots than threads when the buffers would
+// cost more than the work they parallelise (work: the number of accumulations) or take more than
+// 1 GB; slot 0 is the result itself when T is A. run(A* slot, begin, end) accumulates positions
+// [begin, end). huge_pages: advise the extra slots onto huge pages (advise_hugepages).
+template <typename T, typename A, typename Run>
+void accumulate_in_slots(T* result, int64_t elems, int64_t total, int64_t work, const at::TensorOptions& options,
+                         bool huge_pages, const Run& run) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  int64_t slots = std::min<int64_t>(threads, std::max<int64_t>(1, work / std::max<int64_t>(1, 2 * elems)));
+  constexpr int64_t kMaxExtraBytes = int64_t(1) << 30;
+  const int64_t max_extra = kMaxExtraBytes / std::max<int64_t>(1, elems * int64_t(sizeof(A)));
+  slots = std::max<int64_t>(1, std::min<int64_t>({slots, max_extra + 1, total}));
+
+  constexpr bool same = std::is_same<T, A>::value;
+  const int64_t n_extra = same ? slots - 1 : slots;
+  at::Tensor extra;
+  if (n_extra > 0) {
+    extra = at::empty({n_extra, elems}, options.dtype(c10::CppTypeToScalarType<A>::value));
+    if (huge_pages) advise_hugepages(extra.data_ptr(), extra.nbytes());
+  }
+  A* extra_p = n_extra > 0 ? extra.mutable_data_ptr<A>() : nullptr;
+  auto slot_buf = [&](int64_t s) -> A* {
+    if constexpr (same) return s == 0 ? result : extra_p + (s - 1) * elems;
+    return extra_p + s * elems;
+  };
+  at::parallel_for(0, slots, 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      A* slot = slot_buf(s);
+      std::memset(slot, 0, sizeof(A) * static_cast<size_t>(elems));
+      run(slot, total * s / slots, total * (s + 1) / slots);
+    }
+  });
+  if (same && slots == 1) return;
+  at::parallel_for(0, elems, 4096, [&](int64_t begin, int64_t end) {
+    // Sum the slots in chunks through a small stack buffer to keep the loops vectorisable.
+    constexpr int64_t kChunk = 1024;
+    A tmp[kChunk];
+    for (int64_t i0 = begin; i0 < end; i0 += kChunk) {
+      const int64_t m = std::min<int64_t>(kChunk, end - i0);
+      const A* first = slot_buf(0) + i0;  // may be the result itself
+      for (int64_t i = 0; i < m; ++i) tmp[i] = first[i];
+      for (int64_t s = 1; s < slots; ++s) {
+        const A* __restrict__ src = slot_buf(s) + i0;
+        for (int64_t i = 0; i < m; ++i) tmp[i] += src[i];
+      }
+      for (int64_t i = 0; i < m; ++i) result[i0 + i] = ff_store<T>(tmp[i]);
+    }
+  });
 }
 
 inline uint32_t morton_spread3(uint32_t v) {  // 10 bits -> every third bit
@@ -65,7 +148,7 @@ struct PointSet {
 // that order ([3] per point), so the kernels read them sequentially.
 template <typename A>
 struct PointOrder {
-  std::vector<int64_t> order;
+  std::vector<int32_t> order;  // (only point sets below 2^31 are ordered: 4 bytes a point, not 8)
   std::vector<A> xyz;
 };
 
@@ -76,7 +159,7 @@ template <typename A>
 PointOrder<A> spatial_order(const PointSet<A>& pts, int64_t grid_bytes, int64_t max_side, int grid_dims) {
   PointOrder<A> result;
   const int64_t total = pts.B * pts.N;
-  if (total < (int64_t(1) << 14) || grid_bytes < (int64_t(1) << 19)) return result;
+  if (total < (int64_t(1) << 14) || total >= (int64_t(1) << 31) || grid_bytes < (int64_t(1) << 19)) return result;
   // Cells of at least 4 texels along the largest side, at most 32 per axis, and no finer than
   // needed for a cell's share of the grid to sit in L1 (~16 KB): finer cells only make the
   // sort's scatter wider (a 4 MB volume in 16^3 cells sorted slower than it then sampled).
@@ -140,7 +223,7 @@ PointOrder<A> spatial_order(const PointSet<A>& pts, int64_t grid_bytes, int64_t 
       run += c;
     }
   }
-  std::vector<int64_t>& order = result.order;
+  std::vector<int32_t>& order = result.order;
   order.resize(static_cast<size_t>(total));
   result.xyz.resize(static_cast<size_t>(3 * total));
   A* sx = result.xyz.data();
@@ -156,7 +239,7 @@ PointOrder<A> spatial_order(const PointSet<A>& pts, int64_t grid_bytes, int64_t 
       set.split(first, b, n);
       for (int64_t i = first; i < last; ++i) {
         const int64_t pos = h[keys[i]]++;
-        order[pos] = i;
+        order[pos] = static_cast<int32_t>(i);
         const A* q = set.at(b, n);
         sx[3 * pos] = q[0];
         sx[3 * pos + 1] = q[sd];
