@@ -163,6 +163,21 @@ def grad_like(grad: Optional[torch.Tensor], target: torch.Tensor) -> torch.Tenso
     return out.copy_(grad)
 
 
+def gather_layout(grid: torch.Tensor, channel_dim: int, taps: int) -> torch.Tensor:
+    """The layout a gather kernel reads fastest: ``grid`` (same shape and values) stored with
+    dimension ``channel_dim`` innermost, copied when it is not and its texels will be read at
+    least once each on average (``taps``, the kernel's corner reads, >= texels = numel / C).
+
+    In any other layout a tap costs one cache line (GPU: one sector) per channel instead of one
+    contiguous run of C values; the copy reads and writes each value once. Few points on a large
+    grid keep the grid as it is.
+    """
+    channels = grid.shape[channel_dim]
+    if channels <= 1 or grid.stride(channel_dim) == 1 or taps < grid.numel() // channels:
+        return grid
+    return grid.movedim(channel_dim, -1).contiguous().movedim(-1, channel_dim)
+
+
 def gradients(grads: Sequence[Optional[torch.Tensor]], inputs: Sequence[torch.Tensor], needs: Sequence[bool]):
     """A backward op's outputs: each needed gradient in its input's layout (:func:`grad_like`),
     an empty tensor for each one not needed (custom ops cannot return None)."""

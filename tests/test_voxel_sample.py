@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastfields._op import gather_layout
 from fastfields.ops.voxel_sample import output_shape, volume_channels_last, voxel_sample
 from fastfields.reference.voxel_sample import voxel_sample_reference
 
@@ -131,6 +132,30 @@ def test_strided_inputs(backend, device):
     transposed = volume.transpose(2, 4).contiguous().transpose(2, 4)  # W-major storage
     for v in (channels_last, sliced, transposed):
         assert_matches_reference(backend, v, xyz_view, padding="border")
+
+
+def test_gather_layout():
+    """The ops hand their kernels a channels-last copy of a grid only when its texels will be read
+    at least once each on average (fastfields._op.gather_layout)."""
+    volume = torch.randn(2, 5, 4, 6, 7)  # 2 * 4 * 6 * 7 = 336 texels
+    assert gather_layout(volume, 1, 335) is volume
+    copied = gather_layout(volume, 1, 336)
+    assert copied.shape == volume.shape and copied.stride(1) == 1 and torch.equal(copied, volume)
+    channels_last = volume_channels_last(volume)
+    assert gather_layout(channels_last, 1, 10**6) is channels_last
+    one_channel = torch.randn(2, 1, 4, 6, 7)
+    assert gather_layout(one_channel, 1, 10**6) is one_channel
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_standard_layout_few_and_many_points(backend, device):
+    # 8 taps x 2 x 3 points < 336 texels: the volume is read as it is; with 400 points it is
+    # gathered channels-last first. Either way the gradient comes back in the volume's layout.
+    for n in (3, 400):
+        volume, xyz = make_inputs(N=n, device=device)
+        assert_matches_reference(backend, volume, xyz)
+        _, grad_volume, _ = run(voxel_sample, volume, xyz, backend=backend)
+        assert grad_volume.stride() == volume.stride()
 
 
 def test_volume_channels_last():

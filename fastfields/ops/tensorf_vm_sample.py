@@ -23,7 +23,7 @@ from .._checks import (
     check_tensor,
 )
 from ..reference.tensorf_vm_sample import tensorf_vm_sample_reference
-from .._op import OpSpec, backward_or_reference, define, gradients, gradients_fake, save_inputs
+from .._op import OpSpec, backward_or_reference, define, gather_layout, gradients, gradients_fake, save_inputs
 
 OP = "tensorf_vm_sample"
 IMPLEMENTED = ("torch", "triton", "cuda", "cpu")
@@ -171,11 +171,9 @@ def _reference(plane0, plane1, plane2, line0, line1, line2, xyz, mat_mode, vec_m
 
 
 def _gather_layout(planes: List[torch.Tensor], n_points: int) -> List[torch.Tensor]:
-    """The planes channels-last, copying those that are not and whose texels will each be read
-    several times: a component-major plane costs one cache line (GPU: one sector) per
-    component per corner, a channels-last one a contiguous run of R_k values."""
-    copy = [p.stride(0) != 1 and 4 * n_points >= p.shape[1] * p.shape[2] for p in planes]
-    return [p.permute(1, 2, 0).contiguous().permute(2, 0, 1) if c else p for p, c in zip(planes, copy)]
+    """The planes channels-last where that pays (:func:`fastfields._op.gather_layout`): each
+    point reads four texels of each plane."""
+    return [gather_layout(p, 0, 4 * n_points) for p in planes]
 
 
 def _forward(plane0, plane1, plane2, line0, line1, line2, xyz, mat_mode, vec_mode, reduce, align_corners, padding,

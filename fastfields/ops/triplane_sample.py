@@ -16,7 +16,7 @@ import torch
 from .._enums import Padding, Reduce
 from .._checks import check_bool, check_choice, check_coords_dtype, check_dim, check_same_device, check_tensor
 from ..reference.triplane_sample import triplane_sample_reference
-from .._op import OpSpec, backward_or_reference, define, gradients, gradients_fake, save_inputs
+from .._op import OpSpec, backward_or_reference, define, gather_layout, gradients, gradients_fake, save_inputs
 
 OP = "triplane_sample"
 IMPLEMENTED = ("torch", "triton", "cuda", "cpu")
@@ -100,11 +100,18 @@ def _reference(planes, xyz, axes, reduce, align_corners, padding, backend="torch
                                      axes=_pairs(axes))
 
 
+def _gather_layout(planes: torch.Tensor, xyz: torch.Tensor) -> torch.Tensor:
+    """The planes channels-last where that pays (:func:`fastfields._op.gather_layout`): each
+    point reads four texels of each of its three planes."""
+    return gather_layout(planes, 2, 12 * xyz.shape[0] * xyz.shape[1])
+
+
 def _forward(planes, xyz, axes, reduce, align_corners, padding, backend):
     if xyz.shape[1] == 0:
         return planes.new_zeros(output_shape(planes, xyz, reduce))
     launch = SPEC.kernel(backend, "fwd")
-    return launch(planes, xyz, axes, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding]).contiguous()
+    return launch(_gather_layout(planes, xyz), xyz, axes, REDUCE_CODES[reduce], align_corners,
+                  PADDING_CODES[padding]).contiguous()
 
 
 def _backward(grad_out, planes, xyz, axes, reduce, align_corners, padding, backend, need_planes, need_xyz):
@@ -112,7 +119,10 @@ def _backward(grad_out, planes, xyz, axes, reduce, align_corners, padding, backe
     grads = (None, None)
     if xyz.shape[1] > 0:
         launch = SPEC.kernel(backend, "bwd")
-        grads = launch(grad_out, planes, xyz, axes, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding], *needs)
+        read = planes
+        if need_xyz or reduce == "prod":  # plane values are read
+            read = _gather_layout(planes, xyz)
+        grads = launch(grad_out, read, xyz, axes, REDUCE_CODES[reduce], align_corners, PADDING_CODES[padding], *needs)
     return gradients(grads, (planes, xyz), needs)
 
 
@@ -150,7 +160,9 @@ def triplane_sample(
 
     Args:
         planes: ``[B, 3, C, H, W]`` float32/float16/bfloat16/float64, any strides;
-            channels-last storage (:func:`planes_channels_last`) is the fast layout.
+            channels-last storage (:func:`planes_channels_last`) is the fast layout
+            (compiled backends copy other planes channels-last for the call when the points
+            outnumber a quarter of a plane's texels; converting once saves that copy per call).
         xyz: ``[B, N, 3]`` points in normalised plane coordinates (``[-1, 1]`` spans each
             plane; callers scale world points by ``2 / box_warp``). Same dtype as
             ``planes`` or float32.

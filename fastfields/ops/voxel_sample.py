@@ -15,7 +15,7 @@ import torch
 from .._enums import Padding
 from .._checks import check_bool, check_choice, check_coords_dtype, check_dim, check_same_device, check_tensor
 from ..reference.voxel_sample import voxel_sample_reference
-from .._op import OpSpec, backward_or_reference, define, gradients, gradients_fake, save_inputs
+from .._op import OpSpec, backward_or_reference, define, gather_layout, gradients, gradients_fake, save_inputs
 
 OP = "voxel_sample"
 IMPLEMENTED = ("torch", "triton", "cuda", "cpu")
@@ -68,17 +68,24 @@ def _reference(volume, xyz, align_corners, padding, backend="torch"):
     return voxel_sample_reference(volume, xyz, align_corners=align_corners, padding=padding)
 
 
+def _gather_layout(volume: torch.Tensor, xyz: torch.Tensor) -> torch.Tensor:
+    """The volume channels-last where that pays (:func:`fastfields._op.gather_layout`): each
+    point reads eight voxels."""
+    return gather_layout(volume, 1, 8 * xyz.shape[0] * xyz.shape[1])
+
+
 def _forward(volume, xyz, align_corners, padding, backend):
     if xyz.numel() == 0:
         return volume.new_zeros(output_shape(volume, xyz))
-    return SPEC.kernel(backend, "fwd")(volume, xyz, align_corners, PADDING_CODES[padding]).contiguous()
+    return SPEC.kernel(backend, "fwd")(_gather_layout(volume, xyz), xyz, align_corners, PADDING_CODES[padding]).contiguous()
 
 
 def _backward(grad_out, volume, xyz, align_corners, padding, backend, need_volume, need_xyz):
     needs = (need_volume, need_xyz)
     grads = (None, None)
     if xyz.numel() > 0:
-        grads = SPEC.kernel(backend, "bwd")(grad_out, volume, xyz, align_corners, PADDING_CODES[padding], *needs)
+        read = _gather_layout(volume, xyz) if need_xyz else volume  # volume values are read for xyz only
+        grads = SPEC.kernel(backend, "bwd")(grad_out, read, xyz, align_corners, PADDING_CODES[padding], *needs)
     return gradients(grads, (volume, xyz), needs)
 
 
@@ -114,7 +121,9 @@ def voxel_sample(
 
     Args:
         volume: ``[B, C, D, H, W]`` float32/float16/bfloat16/float64, any strides;
-            channels-last storage (:func:`volume_channels_last`) is the fast layout.
+            channels-last storage (:func:`volume_channels_last`) is the fast layout
+            (compiled backends copy another volume channels-last for the call when the points
+            outnumber an eighth of its voxels; converting once saves that copy per call).
         xyz: ``[B, N, 3]`` points in normalised coordinates, ``[-1, 1]`` spanning the
             volume: ``xyz[..., 0]`` along W, ``xyz[..., 1]`` along H, ``xyz[..., 2]`` along D.
             Same dtype as ``volume`` or float32.
