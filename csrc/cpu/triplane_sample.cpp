@@ -340,8 +340,9 @@ void fwd_points(const TriplaneSampleParams& p, const T* planes, const PointStrea
 // Backward
 // ---------------------------------------------------------------------------------------
 
-// Processes points [begin, end). gp (may be null) is a zeroed channels-last accumulation
-// buffer [B, 3, H, W, C] owned by the calling thread; gxyz (may be null) is [B, N, 3].
+// Processes stream positions [begin, end) (pts says which point each is). gp (may be null)
+// is a zeroed channels-last accumulation buffer [B, 3, H, W, C] owned by the calling thread; gxyz
+// (may be null) is [B, N, 3].
 template <bool CL, typename T, typename A>
 void bwd_points(const TriplaneSampleParams& p, const T* grad_out, const T* planes, const PointStream<A>& pts, A* gp,
                 A* gxyz, int64_t begin, int64_t end) {

@@ -245,8 +245,9 @@ inline void corner_pass(const VoxelTaps<A>& t, const T* __restrict__ go, int64_t
   }
 }
 
-// Processes points [begin, end). gv (may be null) is a zeroed channels-last accumulation
-// buffer [B, D, H, W, C] owned by the calling thread; gxyz (may be null) is [B, N, 3].
+// Processes stream positions [begin, end) (pts says which point each is). gv (may be null)
+// is a zeroed channels-last accumulation buffer [B, D, H, W, C] owned by the calling thread; gxyz
+// (may be null) is [B, N, 3].
 template <bool CL, typename T, typename A>
 void bwd_points(const VoxelSampleParams& p, const T* grad_out, const T* volume, const PointStream<A>& pts, A* gv,
                 A* gxyz, int64_t begin, int64_t end) {
