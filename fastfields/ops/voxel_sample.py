@@ -77,7 +77,8 @@ def _gather_layout(volume: torch.Tensor, xyz: torch.Tensor) -> torch.Tensor:
 def _forward(volume, xyz, align_corners, padding, backend):
     if xyz.numel() == 0:
         return volume.new_zeros(output_shape(volume, xyz))
-    return SPEC.kernel(backend, "fwd")(_gather_layout(volume, xyz), xyz, align_corners, PADDING_CODES[padding]).contiguous()
+    launch = SPEC.kernel(backend, "fwd")
+    return launch(_gather_layout(volume, xyz), xyz, align_corners, PADDING_CODES[padding]).contiguous()
 
 
 def _backward(grad_out, volume, xyz, align_corners, padding, backend, need_volume, need_xyz):
