@@ -128,36 +128,50 @@ inline void plane_backward(const A* __restrict__ g, const T* __restrict__ base, 
       // dwu / dwv-weighted sums are du and dv (4 vector FMAs a step, not 10 for forming
       // sum_q dwu[q] * plane[q, c] per channel).
       using V = FFVec<A, 8>;
-      if (C % 8 == 0) {
-        typename V::type s0{}, s1{}, s2{}, s3{};
-        A* __restrict__ d0 = gbuf ? gbuf + (t.y0 * W + t.x0) * C : nullptr;
-        A* __restrict__ d2 = gbuf ? d0 + W * C : nullptr;
-        const A w0 = t.w[0], w1 = t.w[1], w2 = t.w[2], w3 = t.w[3];
-        for (int64_t c = 0; c < C; c += 8) {
-          const typename V::type gc = V::load(g + c);
-          if (gbuf) {
-            V::store(d0 + c, V::load(d0 + c) + w0 * gc);
-            V::store(d0 + C + c, V::load(d0 + C + c) + w1 * gc);
-            V::store(d2 + c, V::load(d2 + c) + w2 * gc);
-            V::store(d2 + C + c, V::load(d2 + C + c) + w3 * gc);
-          }
-          if (want_xyz) {
-            s0 += gc * V::load(p0 + c);
-            s1 += gc * V::load(p1 + c);
-            s2 += gc * V::load(p2 + c);
-            s3 += gc * V::load(p3 + c);
-          }
+      typename V::type s0{}, s1{}, s2{}, s3{};
+      A* __restrict__ d0 = gbuf ? gbuf + (t.y0 * W + t.x0) * C : nullptr;
+      A* __restrict__ d2 = gbuf ? d0 + W * C : nullptr;
+      const A w0 = t.w[0], w1 = t.w[1], w2 = t.w[2], w3 = t.w[3];
+      int64_t c = 0;
+      for (; c + 8 <= C; c += 8) {
+        const typename V::type gc = V::load(g + c);
+        if (gbuf) {
+          V::store(d0 + c, V::load(d0 + c) + w0 * gc);
+          V::store(d0 + C + c, V::load(d0 + C + c) + w1 * gc);
+          V::store(d2 + c, V::load(d2 + c) + w2 * gc);
+          V::store(d2 + C + c, V::load(d2 + C + c) + w3 * gc);
         }
         if (want_xyz) {
-          auto sum = [](const typename V::type& v) {
-            return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
-          };
-          const A a0 = sum(s0), a1 = sum(s1), a2 = sum(s2), a3 = sum(s3);
-          du += t.dwu[0] * a0 + t.dwu[1] * a1 + t.dwu[2] * a2 + t.dwu[3] * a3;
-          dv += t.dwv[0] * a0 + t.dwv[1] * a1 + t.dwv[2] * a2 + t.dwv[3] * a3;
+          s0 += gc * V::load(p0 + c);
+          s1 += gc * V::load(p1 + c);
+          s2 += gc * V::load(p2 + c);
+          s3 += gc * V::load(p3 + c);
         }
-        return;
       }
+      auto sum = [](const typename V::type& v) {
+        return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+      };
+      A a0 = sum(s0), a1 = sum(s1), a2 = sum(s2), a3 = sum(s3);
+      for (; c < C; ++c) {  // the last C % 8 channels
+        const A gc = g[c];
+        if (gbuf) {
+          d0[c] += w0 * gc;
+          d0[C + c] += w1 * gc;
+          d2[c] += w2 * gc;
+          d2[C + c] += w3 * gc;
+        }
+        if (want_xyz) {
+          a0 += gc * p0[c];
+          a1 += gc * p1[c];
+          a2 += gc * p2[c];
+          a3 += gc * p3[c];
+        }
+      }
+      if (want_xyz) {
+        du += t.dwu[0] * a0 + t.dwu[1] * a1 + t.dwu[2] * a2 + t.dwu[3] * a3;
+        dv += t.dwv[0] * a0 + t.dwv[1] * a1 + t.dwv[2] * a2 + t.dwv[3] * a3;
+      }
+      return;
     }
     if (gbuf) {
       A* __restrict__ d0 = gbuf + (t.y0 * W + t.x0) * C;
@@ -180,22 +194,6 @@ inline void plane_backward(const A* __restrict__ g, const T* __restrict__ base, 
       A su[L], sv[L];
       for (int j = 0; j < L; ++j) su[j] = sv[j] = A(0);
       int64_t c = 0;
-      if constexpr (CL && std::is_same<T, A>::value) {
-        // The same lanes as one vector value each: as arrays gcc kept them on the stack.
-        using V = FFVec<A, L>;
-        typename V::type vu{}, vv{};
-        for (; c + L <= C; c += L) {
-          const typename V::type a0 = V::load(p0 + c), a1 = V::load(p1 + c);
-          const typename V::type a2 = V::load(p2 + c), a3 = V::load(p3 + c);
-          const typename V::type gc = V::load(g + c);
-          vu += gc * (u0 * a0 + u1 * a1 + u2 * a2 + u3 * a3);
-          vv += gc * (v0 * a0 + v1 * a1 + v2 * a2 + v3 * a3);
-        }
-        for (int j = 0; j < L; ++j) {
-          su[j] = vu[j];
-          sv[j] = vv[j];
-        }
-      }
       for (; c + L <= C; c += L) {
         for (int j = 0; j < L; ++j) {
           const int64_t o = chan<CL>(c + j, sC);

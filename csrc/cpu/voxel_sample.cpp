@@ -152,16 +152,15 @@ inline void interpolate_row(T* __restrict__ out, const T* __restrict__ base, con
   }
 }
 
+// The stream is in the points' own order (voxel_points), so the output rows are written in order.
 template <bool CL, typename T, typename A>
 void fwd_points(const VoxelSampleParams& p, const T* volume, const PointStream<A>& pts, T* out, int64_t begin,
                 int64_t end) {
   const int64_t C = p.C, sB = p.volume_strides[0], sC = p.volume_strides[1];
-  const bool scattered = pts.ordered();
   PointTaps<A> ring[kRing];
   auto prepare = [&](int64_t i, PointTaps<A>& q) {
     prepare_point<false, A>(p, pts, i, q);
     prefetch_volume<CL>(p, volume, q);
-    if (scattered) prefetch_bytes<1>(out + (q.b * p.N + q.n) * C, C * int64_t(sizeof(T)));
   };
   for (int64_t i = begin; i < std::min<int64_t>(begin + kLookahead, end); ++i) {
     prepare(i, ring[i & (kRing - 1)]);
