@@ -143,14 +143,6 @@ FF_HD void bilinear_taps_into(PlaneTaps<A>& t, A u, A v, int64_t H, int64_t W, i
 }
 
 template <typename A>
-FF_HD PlaneTaps<A> bilinear_taps(A u, A v, int64_t H, int64_t W, int64_t sH, int64_t sW, bool align_corners,
-                                 int padding) {
-  PlaneTaps<A> t;
-  bilinear_taps_into<A>(t, u, v, H, W, sH, sW, align_corners, padding);
-  return t;
-}
-
-template <typename A>
 FF_HD void triplane_plane_taps_into(PlaneTaps<A>& t, A u, A v, const TriplaneSampleParams& p) {
   bilinear_taps_into<A>(t, u, v, p.H, p.W, p.planes_strides[3], p.planes_strides[4], p.align_corners, p.padding);
 }
